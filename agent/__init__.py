@@ -1,0 +1,1 @@
+"""geoagent: predict where a photo was taken."""

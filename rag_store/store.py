@@ -1,0 +1,273 @@
+"""The gallery store: one Chroma collection per gallery of geotagged images.
+
+Embedded persistent Chroma (a directory) is the default; ``chroma_url`` selects
+a Chroma server (``chroma run``) instead. Each collection records the encoder and
+dimension that built it, and refuses vectors from any other encoder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from .errors import (
+    ConfigError,
+    EncoderMismatch,
+    GalleryNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+
+DEFAULT_COLLECTION = "gallery"
+# HNSW settings: ef_search=128 keeps recall@16 >= 0.95 at 1M vectors (bench/bench_store.py).
+HNSW = {"space": "cosine", "ef_construction": 128, "ef_search": 128, "max_neighbors": 16}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
+
+
+def default_store_dir() -> Path:
+    """``$GEOAGENT_STORE``, else the user data dir (e.g. ~/.local/share/geoagent/store)."""
+    env = os.environ.get("GEOAGENT_STORE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("geoagent")) / "store"
+
+
+def open_client(store: str | Path | None = None, chroma_url: str | None = None):
+    """A Chroma client: a server at ``chroma_url``, else an embedded store in ``store``."""
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if chroma_url:
+        if store:
+            raise ConfigError("give either --store (embedded) or --chroma-url (server), not both")
+        url = urlparse(chroma_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(
+                f"--chroma-url {chroma_url!r} is not an http(s)://HOST:PORT address"
+            )
+        try:
+            client = chromadb.HttpClient(
+                host=url.hostname,
+                port=url.port or (443 if url.scheme == "https" else 8000),
+                ssl=url.scheme == "https",
+                settings=settings,
+            )
+            client.heartbeat()
+        except Exception as exc:  # chromadb raises bare ValueError/ConnectError variants
+            raise StoreUnavailable(
+                f"cannot reach the Chroma server at {chroma_url}: start it with "
+                f"`chroma run --path DIR --port {url.port or 8000}` or check the address"
+            ) from exc
+        return client
+    path = Path(store).expanduser() if store else default_store_dir()
+    if path.exists() and not path.is_dir():
+        raise StoreUnavailable(f"--store {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(path), settings=settings)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreUnavailable(f"cannot open the Chroma store at {path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One retrieved gallery entry and its cosine similarity to the query."""
+
+    image_id: str
+    lat: float
+    lon: float
+    similarity: float
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """Most similar (positives) and least similar (negatives) gallery entries of a query."""
+
+    positives: list[Neighbour]
+    negatives: list[Neighbour]
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"collection name {name!r} must be 3-512 characters of letters, digits, '.', '_' "
+            f"or '-', starting and ending with a letter or digit"
+        )
+    return name
+
+
+class Gallery:
+    """A Chroma collection of geotagged image vectors built by one encoder.
+
+    Each vector's metadata holds ``lat``, ``lon``, ``image_id`` and ``source``; the
+    collection's own metadata holds the ``encoder`` name and ``dim``.
+    """
+
+    def __init__(self, collection, encoder_name: str, dim: int):
+        self.collection = collection
+        self.name: str = collection.name
+        self.encoder_name = encoder_name
+        self.dim = dim
+
+    @classmethod
+    def open(
+        cls,
+        client,
+        name: str = DEFAULT_COLLECTION,
+        *,
+        encoder_name: str | None = None,
+        dim: int | None = None,
+        create: bool = False,
+        kind: str = "images",
+    ) -> Gallery:
+        """Open (or with ``create`` make) a gallery; check it was built by ``encoder_name``."""
+        _check_name(name)
+        existing = {c if isinstance(c, str) else c.name for c in client.list_collections()}
+        if name not in existing:
+            if not create:
+                raise GalleryNotFound(
+                    f"no gallery {name!r} in this store (have: {', '.join(sorted(existing)) or 'none'}); "
+                    f"build it with `geoagent index SOURCE --collection {name}`"
+                )
+            if encoder_name is None or dim is None:
+                raise ConfigError("a new gallery needs an encoder name and dimension")
+            collection = client.create_collection(
+                name,
+                configuration={"hnsw": dict(HNSW)},
+                metadata={"encoder": encoder_name, "dim": int(dim), "kind": kind},
+                embedding_function=None,
+            )
+            return cls(collection, encoder_name, int(dim))
+        collection = client.get_collection(name, embedding_function=None)
+        meta = collection.metadata or {}
+        built_by, built_dim = meta.get("encoder"), meta.get("dim")
+        if built_by is None or built_dim is None:
+            raise StoreError(
+                f"collection {name!r} was not made by geoagent (no encoder recorded); "
+                f"use another --collection"
+            )
+        if encoder_name is not None and (
+            built_by != encoder_name or (dim is not None and int(built_dim) != int(dim))
+        ):
+            raise EncoderMismatch(
+                f"gallery {name!r} was built with encoder {built_by!r} ({built_dim}-d), not "
+                f"{encoder_name!r} ({dim}-d): use --encoder {built_by}, or another --collection"
+            )
+        return cls(collection, built_by, int(built_dim))
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def existing_ids(self, ids: Sequence[str], chunk: int = 5000) -> set[str]:
+        """Which of ``ids`` are already stored."""
+        found: set[str] = set()
+        for i in range(0, len(ids), chunk):
+            found.update(self.collection.get(ids=list(ids[i : i + chunk]), include=[])["ids"])
+        return found
+
+    def add(
+        self,
+        ids: Sequence[str],
+        embeddings: np.ndarray,
+        metadatas: Sequence[dict],
+    ) -> None:
+        """Upsert vectors; every vector must have this gallery's dimension."""
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise EncoderMismatch(
+                f"gallery {self.name!r} holds {self.dim}-d vectors from {self.encoder_name!r}; "
+                f"got shape {embeddings.shape}"
+            )
+        self.collection.upsert(ids=list(ids), embeddings=embeddings, metadatas=list(metadatas))
+
+    def query(self, embedding: np.ndarray, k: int = 16, negatives: int | None = None) -> Retrieval:
+        """Top-``k`` most similar entries and top-``negatives`` (default ``k``) least similar.
+
+        Negatives are the nearest neighbours of the negated query: in cosine space
+        they are the entries pointing most away from it (Img2Loc's "dissimilar" images).
+        """
+        q = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise EncoderMismatch(
+                f"gallery {self.name!r} holds {self.dim}-d vectors from {self.encoder_name!r}; "
+                f"the query is {q.shape[0]}-d: embed it with {self.encoder_name!r}"
+            )
+        n_neg = k if negatives is None else negatives
+        total = self.count()
+        pos = self._search(q, min(k, total), sign=1.0) if k > 0 and total else []
+        neg = self._search(-q, min(n_neg, total), sign=-1.0) if n_neg > 0 and total else []
+        return Retrieval(pos, neg)
+
+    def _search(self, q: np.ndarray, k: int, sign: float) -> list[Neighbour]:
+        res = self.collection.query(
+            query_embeddings=q[None, :], n_results=k, include=["metadatas", "distances"]
+        )
+        out = []
+        for id_, meta, dist in zip(res["ids"][0], res["metadatas"][0], res["distances"][0], strict=True):
+            # Chroma's cosine distance is 1 - cos(x, query); for the negated query cos flips sign.
+            similarity = sign * (1.0 - float(dist))
+            out.append(
+                Neighbour(
+                    image_id=str(meta.get("image_id", id_)),
+                    lat=float(meta["lat"]),
+                    lon=float(meta["lon"]),
+                    similarity=similarity,
+                    source=str(meta.get("source", "")),
+                )
+            )
+        return out
+
+    def all_embeddings(self, batch: int = 10000) -> tuple[list[str], np.ndarray, list[dict]]:
+        """Every stored vector, in id order chunks (for caches that need the full matrix)."""
+        ids: list[str] = []
+        metas: list[dict] = []
+        parts = []
+        total = self.count()
+        for offset in range(0, total, batch):
+            res = self.collection.get(
+                limit=batch, offset=offset, include=["embeddings", "metadatas"]
+            )
+            ids.extend(res["ids"])
+            metas.extend(res["metadatas"])
+            parts.append(np.asarray(res["embeddings"], dtype=np.float32))
+        matrix = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        return ids, matrix, metas
+
+
+def list_galleries(client) -> list[dict]:
+    """Name, encoder, dimension and size of every geoagent collection in a store."""
+    out = []
+    for c in client.list_collections():
+        col = client.get_collection(c if isinstance(c, str) else c.name, embedding_function=None)
+        meta = col.metadata or {}
+        if "encoder" in meta:
+            out.append(
+                {
+                    "name": col.name,
+                    "encoder": meta["encoder"],
+                    "dim": meta.get("dim"),
+                    "kind": meta.get("kind", "images"),
+                    "count": col.count(),
+                }
+            )
+    return out
+
+
+def chunked(items: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
