@@ -142,5 +142,84 @@ def galleries(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
         out.print(f"{row['name']}\t{row['kind']}\t{row['encoder']}\t{row['dim']}-d\t{row['count']} entries", highlight=False)
 
 
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name at the OpenAI-compatible endpoint (default: $GEOAGENT_MODEL; none = retrieval only).")]
+BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings TOML file (default: $GEOAGENT_CONFIG).")]
+
+
+def build_agent(config, **overrides):
+    from agent.api import GeoAgent
+
+    return GeoAgent.from_settings(config=config, **overrides)
+
+
+def print_card(p) -> None:
+    """A readable result: place, coordinates, confidence, candidates, key clues."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    if p.latitude is None:
+        out.print(Panel(f"[red]no answer[/red] ({p.status}): {p.error or ''}", title=p.image), highlight=False)
+        return
+    conf = f"{p.confidence:.0%}" if p.confidence is not None else "n/a"
+    head = (
+        f"[bold]{p.place or 'unknown place'}[/bold]\n"
+        f"{p.latitude:.5f}, {p.longitude:.5f}   confidence {conf}   source {p.source}"
+        + (f"   model {p.model}" if p.model else "")
+        + (f"\n[yellow]{p.error}[/yellow]" if p.error else "")
+    )
+    table = Table("candidate", "origin", "lat, lon", "score", box=None, pad_edge=False)
+    for c in p.candidates[:6]:
+        table.add_row(c.place[:40] or "-", c.origin, f"{c.latitude:.4f}, {c.longitude:.4f}", f"{c.score:.3f}" if c.score is not None else "-")
+    clues = "\n".join(f"- {c.text}" for c in p.clues[:6])
+    body = [head, table]
+    if clues:
+        body.append("clues:\n" + clues)
+    from rich.console import Group
+
+    out.print(Panel(Group(*body), title=p.image, subtitle=f"{p.llm_calls} LLM calls, {p.latency_s:.2f} s"), highlight=False)
+
+
+@app.command()
+@fail_cleanly
+def locate(
+    images: Annotated[list[str], typer.Argument(help="Photos: paths or http(s) URLs.")],
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per photo.")] = False,
+    map_file: Annotated[Path | None, typer.Option("--map", help="Write a Leaflet map (HTML).")] = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    store: StoreOpt = None,
+    chroma_url: ChromaUrlOpt = None,
+    collection: CollectionOpt = "gallery",
+    k: Annotated[int | None, typer.Option("--k", min=0, help="Similar and dissimilar neighbours retrieved.")] = None,
+    ignore_exif: Annotated[bool, typer.Option("--ignore-exif", help="Do not answer from EXIF GPS.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Locate photos: coordinates, place, confidence, candidates and clues."""
+    import json as _json
+
+    agent = build_agent(
+        config, model=model, base_url=base_url, store=str(store) if store else None,
+        chroma_url=chroma_url, collection=collection, k=k, ignore_exif=ignore_exif or None,
+    )
+    predictions = agent.locate_many(images) if len(images) > 1 else [agent.locate(images[0])]
+    for p in predictions:
+        if json_out:
+            print(_json.dumps(p.to_dict(), ensure_ascii=False))
+        else:
+            print_card(p)
+    if map_file:
+        from agent.maps import write_map
+
+        write_map(predictions, map_file)
+        err.print(f"map written to {map_file}")
+    if any(not p.answered for p in predictions):
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
+
+
+if __name__ == "__main__":  # python -m agent.cli
+    main()

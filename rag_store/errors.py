@@ -16,7 +16,8 @@ encoders, the chain and the benchmark runner all raise the same classes;
     │   ├── StoreUnavailable        Chroma directory or server cannot be opened
     │   └── GalleryNotFound         no such collection
     └── ModelError                  the vision-language model endpoint
-        ├── ModelUnavailable        connection refused, timeout
+        ├── ModelUnavailable        connection refused, no such host
+        │   └── ModelTimeout        no answer within the timeout
         ├── ModelRateLimited        HTTP 429 (carries retry_after)
         ├── ModelAuthError          HTTP 401/403
         └── ModelResponseError      endpoint answered with something unusable
@@ -88,6 +89,10 @@ class ModelUnavailable(ModelError):
     """Connection refused, DNS failure or timeout."""
 
 
+class ModelTimeout(ModelUnavailable):
+    """The endpoint did not answer within the request timeout (after retries)."""
+
+
 class ModelRateLimited(ModelError):
     """HTTP 429; ``retry_after`` is the server's hint in seconds, when it gave one."""
 
@@ -125,6 +130,7 @@ __all__ = [
     "ModelError",
     "ModelRateLimited",
     "ModelResponseError",
+    "ModelTimeout",
     "ModelUnavailable",
     "SourceError",
     "StoreError",

@@ -208,17 +208,38 @@ class Gallery:
                 f"the query is {q.shape[0]}-d: embed it with {self.encoder_name!r}"
             )
         n_neg = k if negatives is None else negatives
-        total = self.count()
-        pos = self._search(q, min(k, total), sign=1.0) if k > 0 and total else []
-        neg = self._search(-q, min(n_neg, total), sign=-1.0) if n_neg > 0 and total else []
+        k, n_neg = max(0, k), max(0, n_neg)
+        signs = [sign for sign, n in ((1.0, k), (-1.0, n_neg)) if n > 0]
+        if not signs:
+            return Retrieval([], [])
+        # One Chroma call for both searches, and no count() round trip: each call costs
+        # ~1-2 ms of fixed overhead, more than the HNSW search itself (bench/bench_store.py).
+        found = self._search(np.stack([sign * q for sign in signs]), max(k, n_neg))
+        lists = dict(zip(signs, found, strict=True))
+        pos = self._neighbours(lists[1.0], k, 1.0) if k else []
+        neg = self._neighbours(lists[-1.0], n_neg, -1.0) if n_neg else []
         return Retrieval(pos, neg)
 
-    def _search(self, q: np.ndarray, k: int, sign: float) -> list[Neighbour]:
-        res = self.collection.query(
-            query_embeddings=q[None, :], n_results=k, include=["metadatas", "distances"]
-        )
+    def _search(self, queries: np.ndarray, n: int) -> list[tuple[list, list, list]]:
+        """(ids, metadatas, distances) of the ``n`` nearest entries of each query row."""
+        include = ["metadatas", "distances"]
+        try:
+            res = self.collection.query(query_embeddings=queries, n_results=n, include=include)
+        except Exception:
+            # Chroma 1.5 returns fewer results when the gallery holds fewer than ``n``; should
+            # another build (e.g. a server of another version) refuse, retry capped at its size.
+            total = self.count()
+            if total >= n:
+                raise
+            if total == 0:
+                return [([], [], [])] * len(queries)
+            res = self.collection.query(query_embeddings=queries, n_results=total, include=include)
+        return list(zip(res["ids"], res["metadatas"], res["distances"], strict=True))
+
+    @staticmethod
+    def _neighbours(found: tuple[list, list, list], n: int, sign: float) -> list[Neighbour]:
         out = []
-        for id_, meta, dist in zip(res["ids"][0], res["metadatas"][0], res["distances"][0], strict=True):
+        for id_, meta, dist in list(zip(*found, strict=True))[:n]:
             # Chroma's cosine distance is 1 - cos(x, query); for the negated query cos flips sign.
             similarity = sign * (1.0 - float(dist))
             out.append(

@@ -1,0 +1,123 @@
+"""Reading the model's structured answer: validated, never silently turned into (0, 0).
+
+The model is asked for ``{clues: [...], candidates: [{latitude, longitude, place,
+confidence}], reasoning}``. ``parse_answer`` accepts that object (also inside a
+code fence or surrounded by prose) and raises ``AnswerInvalid`` with a reason
+the model can be told when it re-asks, or ``AnswerRefused`` when the model
+declined.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+from .prediction import Candidate
+
+MAX_CANDIDATES = 5
+_REFUSAL = re.compile(
+    r"\b(i can(?:no|')t|i cannot|i am unable|i'm unable|i am not able|i'm not able|"
+    r"unable to (?:determine|identify|help)|i won't|i will not|sorry)\b",
+    re.IGNORECASE,
+)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+class AnswerInvalid(ValueError):
+    """The reply is not a usable answer; the message says why (it is shown to the model)."""
+
+
+class AnswerRefused(ValueError):
+    """The model declined to answer."""
+
+
+@dataclass
+class ParsedAnswer:
+    candidates: list[Candidate]
+    clues: list[str] = field(default_factory=list)
+    reasoning: str = ""
+
+
+def _first_json_object(text: str) -> dict:
+    fenced = _FENCE.search(text)
+    candidates = [fenced.group(1)] if fenced else []
+    candidates.append(text)
+    for chunk in candidates:
+        chunk = chunk.strip()
+        start = chunk.find("{")
+        while start != -1:
+            try:
+                obj, _ = json.JSONDecoder().raw_decode(chunk[start:])
+            except json.JSONDecodeError:
+                start = chunk.find("{", start + 1)
+                continue
+            if isinstance(obj, dict):
+                return obj
+            start = chunk.find("{", start + 1)
+    raise AnswerInvalid("the reply holds no JSON object")
+
+
+def _number(value: object, what: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or value is None:
+        raise AnswerInvalid(f"{what} must be a number, got {value!r}")
+    try:
+        x = float(value)  # numbers given as strings are accepted
+    except (TypeError, ValueError):
+        raise AnswerInvalid(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(x) or not lo <= x <= hi:
+        raise AnswerInvalid(f"{what} must be within {lo:g}..{hi:g}, got {value!r}")
+    return x
+
+
+def _pick(obj: dict, *names: str) -> object:
+    return next((obj[n] for n in names if n in obj), None)
+
+
+def parse_answer(text: str, refusal: str | None = None) -> ParsedAnswer:
+    """Validate a model reply into candidates, clues and reasoning."""
+    if refusal:
+        raise AnswerRefused(refusal)
+    if not text or not text.strip():
+        raise AnswerInvalid("the reply is empty")
+    try:
+        obj = _first_json_object(text)
+    except AnswerInvalid:
+        if _REFUSAL.search(text) and len(text) < 600:
+            raise AnswerRefused(text.strip()[:300]) from None
+        raise
+    raw = obj.get("candidates")
+    if raw is None and _pick(obj, "latitude", "lat") is not None:
+        raw = [obj]  # a single flat answer
+    if not isinstance(raw, list):
+        raise AnswerInvalid('"candidates" must be a list of {latitude, longitude, place, confidence}')
+    if not raw:
+        reason = str(obj.get("reasoning") or "no candidates given")
+        raise AnswerRefused(reason[:300])
+    candidates = []
+    for i, item in enumerate(raw[:MAX_CANDIDATES]):
+        if not isinstance(item, dict):
+            raise AnswerInvalid(f"candidate {i + 1} must be an object, got {item!r}")
+        lat = _number(_pick(item, "latitude", "lat"), f"candidate {i + 1} latitude", -90.0, 90.0)
+        lon = _number(_pick(item, "longitude", "lon", "lng"), f"candidate {i + 1} longitude", -180.0, 180.0)
+        conf_raw = _pick(item, "confidence", "probability")
+        confidence = None
+        if conf_raw is not None:
+            confidence = _number(conf_raw, f"candidate {i + 1} confidence", 0.0, 100.0)
+            if confidence > 1.0:  # a percentage
+                confidence /= 100.0
+        place = _pick(item, "place", "location", "name")
+        candidates.append(
+            Candidate(lat, lon, place=str(place) if place is not None else "", confidence=confidence)
+        )
+    clues = obj.get("clues") or []
+    if isinstance(clues, str):
+        clues = [clues]
+    if not isinstance(clues, list):
+        raise AnswerInvalid('"clues" must be a list of strings')
+    return ParsedAnswer(
+        candidates=candidates,
+        clues=[str(c) for c in clues if str(c).strip()],
+        reasoning=str(obj.get("reasoning") or ""),
+    )

@@ -1,0 +1,192 @@
+"""The vision-language model provider: any OpenAI-compatible endpoint through LangChain's ChatOpenAI.
+
+This module owns all model I/O, like geopy's ``geocoders/base.py``: bounded
+concurrency, retries with backoff on 429 / 5xx / timeouts (the ``openai``
+client's own, which honours ``Retry-After``), a response cache, and the mapping
+of transport errors onto ``rag_store.errors``. The API key never appears in a
+message, a log line or a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+from langchain_core.messages import AIMessage, BaseMessage
+
+from rag_store.errors import (
+    ConfigError,
+    ModelAuthError,
+    ModelError,
+    ModelRateLimited,
+    ModelResponseError,
+    ModelTimeout,
+    ModelUnavailable,
+)
+
+from .settings import Settings
+
+
+@dataclass
+class ModelReply:
+    content: str
+    refusal: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+
+
+class ResponseCache:
+    """Model replies keyed by (model, prompt hash, image hash, parameters), in one SQLite file.
+
+    A repeated benchmark run, or a resumed one, costs no model calls.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+
+    @staticmethod
+    def key(model: str, messages: list[BaseMessage], params: dict) -> str:
+        # Images are hashed on their own so that the key reads (model, prompt, image, params).
+        texts, images = [], []
+        for m in messages:
+            parts = m.content if isinstance(m.content, list) else [{"type": "text", "text": m.content}]
+            for part in parts:
+                if part.get("type") == "image_url":
+                    images.append(hashlib.sha256(part["image_url"]["url"].encode()).hexdigest())
+                else:
+                    texts.append(f"{m.type}:{part.get('text', '')}")
+        prompt = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+        raw = json.dumps([model, prompt, images, params], sort_keys=True)
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def get(self, key: str) -> ModelReply | None:
+        with self._lock:
+            row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        return ModelReply(**json.loads(row[0]), cached=True)
+
+    def put(self, key: str, reply: ModelReply) -> None:
+        data = json.dumps(
+            {
+                "content": reply.content,
+                "refusal": reply.refusal,
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+            }
+        )
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?)", (key, data))
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def map_error(exc: Exception, base_url: str, api_key: str | None, timeout: float | None = None) -> ModelError:
+    """The openai client's exceptions as geoagent's, naming the endpoint and never the key."""
+    where = base_url or "the OpenAI API"
+    if isinstance(exc, openai.RateLimitError):
+        retry_after = None
+        header = exc.response.headers.get("retry-after") if exc.response is not None else None
+        try:
+            retry_after = float(header) if header is not None else None
+        except ValueError:
+            retry_after = None
+        return ModelRateLimited(f"{where} rate-limited the request (HTTP 429) after retries", retry_after)
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return ModelAuthError(
+            f"{where} refused the API key (HTTP {exc.status_code}): set OPENAI_API_KEY to a valid key"
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return ModelTimeout(f"{where} did not answer within {timeout} s (timeout) after retries")
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelUnavailable(f"cannot connect to {where}: check --base-url and that the server runs")
+    if isinstance(exc, openai.NotFoundError):
+        return ModelResponseError(_scrub(f"{where} answered 404: check --model and --base-url ({exc.message})", api_key))
+    if isinstance(exc, openai.APIStatusError):
+        return ModelResponseError(_scrub(f"{where} answered HTTP {exc.status_code}: {exc.message}", api_key))
+    return ModelResponseError(_scrub(f"{where} failed: {type(exc).__name__}: {exc}", api_key))
+
+
+class ModelClient:
+    """One chat model endpoint: ``await complete(messages, temperature=..., sample=...)``."""
+
+    def __init__(self, settings: Settings, cache: ResponseCache | None = None):
+        if not settings.model:
+            raise ConfigError("no model configured: pass --model NAME (and --base-url for a local server)")
+        from langchain_openai import ChatOpenAI
+
+        self.settings = settings
+        self.model = settings.model
+        self.base_url = settings.base_url or ""
+        self.cache = cache
+        self._semaphores: dict[int, asyncio.Semaphore] = {}
+        self._chat = ChatOpenAI(
+            model=settings.model,
+            base_url=settings.base_url or None,
+            # Local servers (vLLM, Ollama, llama.cpp) need no key; the client insists on one.
+            api_key=settings.api_key or "not-needed",
+            timeout=settings.timeout,
+            max_retries=settings.max_retries,
+        )
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        # One semaphore per event loop: asyncio primitives are bound to the loop they run in.
+        loop = asyncio.get_running_loop()
+        sem = self._semaphores.get(id(loop))
+        if sem is None:
+            sem = self._semaphores[id(loop)] = asyncio.Semaphore(self.settings.concurrency)
+        return sem
+
+    async def complete(
+        self,
+        messages: list[BaseMessage],
+        *,
+        temperature: float,
+        sample: int = 0,
+        json_mode: bool = True,
+    ) -> ModelReply:
+        """One model call (cached). Raises a ``ModelError`` subclass when the endpoint fails."""
+        params: dict[str, Any] = {"temperature": temperature, "sample": sample, "json": json_mode}
+        key = ResponseCache.key(self.model, messages, params) if self.cache else ""
+        if self.cache and (hit := self.cache.get(key)) is not None:
+            return hit
+        kwargs: dict[str, Any] = {"temperature": temperature}
+        if json_mode:
+            kwargs["response_format"] = {"type": "json_object"}
+        async with self._semaphore():
+            try:
+                message = await self._chat.ainvoke(messages, **kwargs)
+            except openai.OpenAIError as exc:
+                raise map_error(exc, self.base_url, self.settings.api_key, self.settings.timeout) from None
+        reply = self._reply(message)
+        if self.cache and reply.refusal is None:
+            self.cache.put(key, reply)
+        return reply
+
+    @staticmethod
+    def _reply(message: AIMessage) -> ModelReply:
+        usage = message.usage_metadata or {}
+        content = message.content
+        if isinstance(content, list):  # content blocks
+            content = "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
+        return ModelReply(
+            content=content or "",
+            refusal=message.additional_kwargs.get("refusal"),
+            prompt_tokens=int(usage.get("input_tokens", 0)),
+            completion_tokens=int(usage.get("output_tokens", 0)),
+        )
