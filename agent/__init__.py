@@ -8,6 +8,8 @@
 Errors (all under ``GeoagentError``) are drawn in ``rag_store.errors``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from rag_store.errors import (
     ConfigError,
     EncoderError,
@@ -28,9 +30,22 @@ from rag_store.errors import (
     StoreUnavailable,
 )
 
-from .api import GeoAgent
 from .prediction import Candidate, Clue, Prediction
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .api import GeoAgent
+
+
+def __getattr__(name: str) -> Any:
+    # GeoAgent pulls in torch and chromadb: import it on first use, so that commands
+    # and modules that need only geography or metrics start fast.
+    if name == "GeoAgent":
+        from .api import GeoAgent
+
+        globals()["GeoAgent"] = GeoAgent
+        return GeoAgent
+    raise AttributeError(f"module 'agent' has no attribute {name!r}")
 
 __all__ = [
     "Candidate",

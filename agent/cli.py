@@ -33,6 +33,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+from eval.cli import eval_app  # noqa: E402
+
+app.add_typer(eval_app, name="eval")
 err = Console(stderr=True)
 out = Console()
 
@@ -215,6 +218,28 @@ def locate(
         err.print(f"map written to {map_file}")
     if any(not p.answered for p in predictions):
         raise typer.Exit(1)
+
+
+@app.command()
+@fail_cleanly
+def chat(
+    image: Annotated[str | None, typer.Argument(help="A photo to attach first: a path or an http(s) URL.")] = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    store: StoreOpt = None,
+    chroma_url: ChromaUrlOpt = None,
+    collection: CollectionOpt = "gallery",
+    allow_network: Annotated[bool, typer.Option("--allow-network", help="Let the model geocode place names online (Nominatim).")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Work a photo interactively: /locate, then ask the model follow-up questions (/help inside)."""
+    from agent.chat import run_chat
+
+    agent = build_agent(
+        config, model=model, base_url=base_url, store=str(store) if store else None,
+        chroma_url=chroma_url, collection=collection, allow_network=allow_network or None,
+    )
+    run_chat(agent, image)
 
 
 def main() -> None:  # pragma: no cover - console entry point

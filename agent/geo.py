@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import threading
@@ -154,6 +155,7 @@ def geonames_points() -> np.ndarray:
     return np.asarray(geocoder.tree.data, dtype=float)
 
 
+@functools.lru_cache(maxsize=512)
 def country_name(code: str) -> str:
     """English short name of an ISO 3166 alpha-2 code ("FR" -> "France"); the code if unknown."""
     code = code.upper()

@@ -14,12 +14,15 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openai
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_openai import ChatOpenAI
 
 from rag_store.errors import (
     ConfigError,
@@ -92,6 +95,36 @@ class ResponseCache:
             self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?)", (key, data))
 
 
+class RateLimiter:
+    """At most ``rate`` request starts per second, shared by every client of one endpoint.
+
+    Slots are reserved under a thread lock and waited for with ``asyncio.sleep``, so one
+    limiter serves any number of event loops and threads.
+    """
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    async def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+_limiters: dict[tuple[str, float], RateLimiter] = {}
+
+
+def limiter_for(base_url: str, rate: float | None) -> RateLimiter | None:
+    if rate is None:
+        return None
+    return _limiters.setdefault((base_url, rate), RateLimiter(rate))
+
+
 def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
@@ -128,28 +161,41 @@ class ModelClient:
     def __init__(self, settings: Settings, cache: ResponseCache | None = None):
         if not settings.model:
             raise ConfigError("no model configured: pass --model NAME (and --base-url for a local server)")
-        from langchain_openai import ChatOpenAI
-
         self.settings = settings
         self.model = settings.model
         self.base_url = settings.base_url or ""
         self.cache = cache
-        self._semaphores: dict[int, asyncio.Semaphore] = {}
-        self._chat = ChatOpenAI(
-            model=settings.model,
-            base_url=settings.base_url or None,
-            # Local servers (vLLM, Ollama, llama.cpp) need no key; the client insists on one.
-            api_key=settings.api_key or "not-needed",
-            timeout=settings.timeout,
-            max_retries=settings.max_retries,
-        )
+        self._semaphores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._limiter = limiter_for(self.base_url, settings.rate_limit)
+        # Keyed by the loop object itself (weakly): a new loop may reuse a dead one's id().
+        self._chats: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _chat(self):
+        """A ChatOpenAI per event loop, each with its own async HTTP client.
+
+        langchain-openai otherwise shares one cached client per endpoint across loops,
+        and the second ``asyncio.run`` of a process fails with "Event loop is closed".
+        """
+        loop = asyncio.get_running_loop()
+        chat = self._chats.get(loop)
+        if chat is None:
+            chat = self._chats[loop] = ChatOpenAI(
+                model=self.settings.model,
+                base_url=self.settings.base_url or None,
+                # Local servers (vLLM, Ollama, llama.cpp) need no key; the client insists on one.
+                api_key=self.settings.api_key or "not-needed",
+                timeout=self.settings.timeout,
+                max_retries=self.settings.max_retries,
+                http_async_client=openai.DefaultAsyncHttpxClient(timeout=self.settings.timeout),
+            )
+        return chat
 
     def _semaphore(self) -> asyncio.Semaphore:
         # One semaphore per event loop: asyncio primitives are bound to the loop they run in.
         loop = asyncio.get_running_loop()
-        sem = self._semaphores.get(id(loop))
+        sem = self._semaphores.get(loop)
         if sem is None:
-            sem = self._semaphores[id(loop)] = asyncio.Semaphore(self.settings.concurrency)
+            sem = self._semaphores[loop] = asyncio.Semaphore(self.settings.concurrency)
         return sem
 
     async def complete(
@@ -169,8 +215,10 @@ class ModelClient:
         if json_mode:
             kwargs["response_format"] = {"type": "json_object"}
         async with self._semaphore():
+            if self._limiter:
+                await self._limiter.wait()
             try:
-                message = await self._chat.ainvoke(messages, **kwargs)
+                message = await self._chat().ainvoke(messages, **kwargs)
             except openai.OpenAIError as exc:
                 raise map_error(exc, self.base_url, self.settings.api_key, self.settings.timeout) from None
         reply = self._reply(message)

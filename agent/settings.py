@@ -40,6 +40,7 @@ class Settings:
     timeout: float = 60.0  # seconds per request
     max_retries: int = 3  # on 429, 5xx and timeouts, with exponential backoff
     concurrency: int = 4  # requests in flight per agent
+    rate_limit: float | None = None  # model requests per second, per endpoint; None = no limit
     # Retrieval.
     store: str | None = None
     chroma_url: str | None = None
@@ -81,6 +82,7 @@ class Settings:
             (self.timeout > 0, "timeout must be > 0"),
             (self.max_retries >= 0, "max_retries must be >= 0"),
             (self.concurrency >= 1, "concurrency must be >= 1"),
+            (self.rate_limit is None or self.rate_limit > 0, "rate_limit must be > 0 requests/s"),
         ]
         for ok, message in checks:
             if not ok:

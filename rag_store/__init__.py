@@ -1,14 +1,14 @@
-"""rag_store: image encoders, the Chroma gallery of geotagged images, and its ingest."""
+"""rag_store: image encoders, the Chroma gallery of geotagged images, and its ingest.
 
-from .encoders import (
-    DEFAULT_ENCODER,
-    ENCODERS,
-    Encoder,
-    EncoderSpec,
-    Transform,
-    create_encoder,
-    list_encoders,
-)
+Names are imported on first use (PEP 562), so that ``import rag_store.errors`` or a
+CLI command that needs no encoder does not pay for importing torch and chromadb.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ConfigError,
     EncoderError,
@@ -28,18 +28,58 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
-from .gps_gallery import GPS_COLLECTION, GpsCandidate, GpsGallery, build_gps_gallery, location_similarity
-from .images import load_image, read_exif_gps
-from .ingest import IndexSummary, index_source, read_source
-from .store import (
-    DEFAULT_COLLECTION,
-    Gallery,
-    Neighbour,
-    Retrieval,
-    default_store_dir,
-    list_galleries,
-    open_client,
-)
+
+_LAZY = {
+    "rag_store.encoders": ["DEFAULT_ENCODER", "ENCODERS", "Encoder", "EncoderSpec", "Transform", "create_encoder", "list_encoders"],
+    "rag_store.gps_gallery": ["GPS_COLLECTION", "GpsCandidate", "GpsGallery", "build_gps_gallery", "location_similarity"],
+    "rag_store.images": ["load_image", "read_exif_gps"],
+    "rag_store.ingest": ["IndexSummary", "index_source", "read_source"],
+    "rag_store.store": ["DEFAULT_COLLECTION", "Gallery", "Neighbour", "Retrieval", "default_store_dir", "list_galleries", "open_client"],
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+if TYPE_CHECKING:
+    from .encoders import (
+        DEFAULT_ENCODER,
+        ENCODERS,
+        Encoder,
+        EncoderSpec,
+        Transform,
+        create_encoder,
+        list_encoders,
+    )
+    from .gps_gallery import (
+        GPS_COLLECTION,
+        GpsCandidate,
+        GpsGallery,
+        build_gps_gallery,
+        location_similarity,
+    )
+    from .images import load_image, read_exif_gps
+    from .ingest import IndexSummary, index_source, read_source
+    from .store import (
+        DEFAULT_COLLECTION,
+        Gallery,
+        Neighbour,
+        Retrieval,
+        default_store_dir,
+        list_galleries,
+        open_client,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rag_store' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "DEFAULT_COLLECTION",

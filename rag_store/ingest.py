@@ -30,6 +30,7 @@ from .store import Gallery
 ID_COLUMNS = ("img_id", "image_id", "id", "photo_id", "img", "image")
 LAT_COLUMNS = ("lat", "latitude", "gps_lat")
 LON_COLUMNS = ("lon", "lng", "long", "longitude", "gps_lon")
+PLACE_COLUMNS = ("country", "region", "city")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
@@ -41,6 +42,8 @@ class Record:
     path: Path
     lat: float | None = None
     lon: float | None = None
+    # country / region / city when the CSV gives them (OSV-5M): benchmark truth, not stored.
+    places: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ def read_csv_source(csv_path: Path, images: Path | None) -> tuple[list[Record], 
                 f"{csv_path} needs an id, a latitude and a longitude column "
                 f"(e.g. IMG_ID,LAT,LON or id,latitude,longitude); it has: {', '.join(columns) or 'none'}"
             )
+        place_cols = {c: col for c in PLACE_COLUMNS if (col := _pick(columns, (c,)))}
         records, skips, seen = [], [], set()
         try:
             for row in reader:
@@ -137,7 +141,8 @@ def read_csv_source(csv_path: Path, images: Path | None) -> tuple[list[Record], 
                              f"lat={row.get(lat_col)!r} lon={row.get(lon_col)!r} missing or out of range")
                     )
                     continue
-                records.append(Record(image_id, _resolve_image(images, image_id), lat, lon))
+                places = tuple((c, row[place_cols[c]].strip()) for c in place_cols if row.get(place_cols[c]))
+                records.append(Record(image_id, _resolve_image(images, image_id), lat, lon, places))
         except (csv.Error, UnicodeDecodeError) as exc:
             raise SourceError(f"{csv_path} is not a readable CSV (line {reader.line_num}): {exc}") from exc
     return records, skips
@@ -172,7 +177,7 @@ def _prepare(record: Record, encoder: Encoder) -> tuple[Record, torch.Tensor] | 
         gps = read_exif_gps(record.path)
         if gps is None:
             return Skip(record.image_id, "no EXIF GPS", f"{record.path} has no usable GPS in its EXIF")
-        record = Record(record.image_id, record.path, gps[0], gps[1])
+        record = Record(record.image_id, record.path, gps[0], gps[1], record.places)
     return record, encoder.preprocess(image)
 
 

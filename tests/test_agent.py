@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import json
 import subprocess
@@ -14,39 +13,14 @@ import pytest
 from PIL import Image
 
 from agent import GeoAgent, ImageError, ModelAuthError, Prediction, Settings
-from rag_store import Gallery, create_encoder, index_source, open_client
 from tests.openai_server import OpenAIServer, Reply, image_urls, last_user_text
 
-N_GALLERY = 40
 PARIS = {"latitude": 48.8566, "longitude": 2.3522, "place": "Paris, France", "confidence": 0.8}
 ANSWER = json.dumps({"clues": ["Haussmann facades", "French street signs"], "candidates": [PARIS], "reasoning": "Parisian architecture."})
 
 
 def answer(*candidates: dict, clues=("a clue",)) -> str:
     return json.dumps({"clues": list(clues), "candidates": list(candidates), "reasoning": "because"})
-
-
-@pytest.fixture(scope="module")
-def store(sample_dir: Path, tmp_path_factory) -> Path:
-    """A gallery of the first 40 sample photos (efficientnet-lite0)."""
-    root = tmp_path_factory.mktemp("agent")
-    rows = list(csv.reader((sample_dir / "im2gps3k-dev.csv").open()))
-    subset = root / "subset.csv"
-    with subset.open("w", newline="") as fh:
-        csv.writer(fh).writerows(rows[: N_GALLERY + 1])
-    encoder = create_encoder()
-    store = root / "store"
-    gallery = Gallery.open(open_client(store), "gallery", encoder_name=encoder.name, dim=encoder.dim, create=True)
-    summary = index_source(subset, gallery, encoder, images=sample_dir / "images")
-    assert summary.added == N_GALLERY
-    return store
-
-
-@pytest.fixture(scope="module")
-def query_photo(sample_dir: Path) -> Path:
-    # A photo that is not in the 40-photo gallery.
-    name = list(csv.reader((sample_dir / "im2gps3k-dev.csv").open()))[N_GALLERY + 5][0]
-    return sample_dir / "images" / name
 
 
 def make_agent(store: Path, srv: OpenAIServer | None = None, **overrides) -> GeoAgent:
@@ -319,3 +293,12 @@ def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "GEOAGENT_"))}
     env["COLUMNS"] = "200"
     return env
+
+
+def test_same_agent_locates_again_and_again(store, query_photo):
+    # Each blocking locate() runs its own event loop; the model client must survive that.
+    with OpenAIServer(default=ANSWER) as srv:
+        agent = make_agent(store, srv, variants=(0,))
+        assert [agent.locate(query_photo).status for _ in range(3)] == ["ok"] * 3
+        assert make_agent(store, srv, variants=(0,)).locate(query_photo).status == "ok"
+        assert len(srv.requests) == 4

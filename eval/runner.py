@@ -1,0 +1,237 @@
+"""Benchmark runs: a dataset x one or more system configs, each item recorded as it finishes.
+
+Like an Inspect AI task (dataset + solver + scorer): the dataset gives samples,
+each system config's ``GeoAgent`` is the solver, and ``eval.records.make_record``
+/ ``eval.metrics`` score. Every finished item is appended at once to
+``RUN_DIR/results.jsonl`` (flushed and fsynced), so a run killed at any moment
+loses at most the items in flight, and ``resume=True`` continues it without
+redoing or duplicating any item. Model replies are cached outside the run
+directory, so repeating a run costs no model calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.api import GeoAgent
+from agent.settings import Settings
+from rag_store.errors import (
+    ConfigError,
+    GeoagentError,
+    ImageError,
+    ModelAuthError,
+    ModelUnavailable,
+)
+
+from .datasets import Dataset, Sample
+from .metrics import Metrics, compute_metrics
+from .records import RESULTS_FILE, RUN_FILE, items_by_config, make_record
+from .systems import SystemConfig
+
+Progress = Callable[[int, int, dict[str, Any]], None]
+
+
+@dataclass
+class RunSpec:
+    run_dir: Path
+    dataset: Dataset
+    systems: list[SystemConfig]
+    base: Settings  # the run's model, endpoint, store and cache
+    concurrency: int = 8
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in run.json
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for ``resume`` to continue this run rather than another."""
+        ids = hashlib.sha256("\n".join(s.id for s in self.dataset.samples).encode()).hexdigest()
+        return {
+            "dataset": self.dataset.name,
+            "items_sha256": ids,
+            "configs": {s.name: s.overrides for s in self.systems},
+            "model": self.base.model,
+        }
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a last line a kill left half-written, so the next record starts on its own line."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def _done(path: Path) -> set[tuple[str, str]]:
+    done = set()
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                done.add((str(record["config"]), str(record["id"])))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
+
+
+def prepare_run_dir(spec: RunSpec, resume: bool) -> set[tuple[str, str]]:
+    """Create or check RUN_DIR; return the (config, id) pairs already recorded."""
+    run_dir = spec.run_dir
+    results, info = run_dir / RESULTS_FILE, run_dir / RUN_FILE
+    identity = spec.identity()
+    if resume:
+        if not info.is_file():
+            raise ConfigError(f"nothing to resume in {run_dir}: it has no {RUN_FILE}; start the run without --resume")
+        previous = json.loads(info.read_text(encoding="utf-8")).get("identity", {})
+        if previous != identity:
+            changed = sorted(k for k in identity if previous.get(k) != identity[k])
+            raise ConfigError(
+                f"{run_dir} holds a different run (changed: {', '.join(changed)}): "
+                f"resume with the same dataset, configs and model, or use another --run-dir"
+            )
+        if results.is_file():
+            _repair_tail(results)
+        return _done(results)
+    if results.is_file() and results.stat().st_size > 0:
+        raise ConfigError(f"{run_dir} already holds results: pass --resume to continue it, or use another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "identity": identity,
+        "dataset": spec.dataset.name,
+        "dataset_info": spec.dataset.describe(),
+        "configs": [{"name": s.name, "description": s.description, "settings": s.settings(spec.base).public_dict()} for s in spec.systems],
+        "concurrency": spec.concurrency,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **spec.extra,
+    }
+    tmp = info.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, info)
+    return set()
+
+
+def build_agents(spec: RunSpec) -> dict[str, GeoAgent]:
+    agents = {}
+    for system in spec.systems:
+        settings = system.settings(spec.base.replace(concurrency=max(spec.concurrency, spec.base.concurrency)))
+        if settings.model is None and not system.retrieval_only:
+            raise ConfigError(f"config {system.name!r} needs a model: pass --model (and --base-url)")
+        agents[system.name] = GeoAgent.from_settings(settings)
+    return agents
+
+
+async def run_async(spec: RunSpec, *, resume: bool = False, progress: Progress | None = None) -> dict[str, Metrics]:
+    agents = build_agents(spec)  # fails on a bad config before RUN_DIR is touched
+    done = prepare_run_dir(spec, resume)
+    todo: list[tuple[SystemConfig, Sample]] = [
+        (system, sample)
+        for sample in spec.dataset.samples
+        for system in spec.systems
+        if (system.name, sample.id) not in done
+    ]
+    total = len(spec.dataset.samples) * len(spec.systems)
+    running = {"done": len(done), "hits25": 0, "hits2500": 0, "scored": 0}
+    sem = asyncio.Semaphore(spec.concurrency)
+    results = (spec.run_dir / RESULTS_FILE).open("a", encoding="utf-8")
+
+    def write(record: dict[str, Any]) -> None:
+        results.write(json.dumps(record, ensure_ascii=False) + "\n")
+        results.flush()
+        os.fsync(results.fileno())
+
+    async def one(system: SystemConfig, sample: Sample) -> None:
+        async with sem:
+            started = time.perf_counter()
+            output, error = None, None
+            try:
+                prediction = await agents[system.name].alocate(sample.image)
+                output = prediction.to_dict()
+                error = prediction.error
+            except (ModelAuthError, ModelUnavailable):
+                raise  # the endpoint is unusable: stop; --resume continues once it is fixed
+            except (ImageError, GeoagentError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            record = make_record(
+                system.name, sample.id, sample.target(), output, input=str(sample.image),
+                timings={"total_s": round(time.perf_counter() - started, 4)}, error=error,
+            )
+            write(record)
+            running["done"] += 1
+            if d := record["scores"].get("distance_km") if record["scores"] else None:
+                running["hits25"] += d <= 25
+                running["hits2500"] += d <= 2500
+            running["scored"] += 1
+            if progress:
+                progress(running["done"], total, running)
+
+    if progress:
+        progress(running["done"], total, running)
+    try:
+        tasks = [asyncio.ensure_future(one(system, sample)) for system, sample in todo]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+    finally:
+        results.close()
+    return metrics_of(spec.run_dir)
+
+
+def metrics_of(run_dir: Path, **kwargs: Any) -> dict[str, Metrics]:
+    from .records import read_results
+
+    per_config, _ = items_by_config(read_results(run_dir / RESULTS_FILE))
+    return {name: compute_metrics(items, **kwargs) for name, items in per_config.items()}
+
+
+def run(spec: RunSpec, *, resume: bool = False, progress: Progress | None = None) -> dict[str, Metrics]:
+    """Run (or with ``resume`` continue) a benchmark; metrics per config over the whole dataset."""
+    return asyncio.run(run_async(spec, resume=resume, progress=progress))
+
+
+RUN_KEYS = {"dataset", "configs", "run_dir", "concurrency", "cache_dir"}
+DATASET_KEYS = {"source", "images", "name", "kind", "limit", "sample", "seed"}
+
+
+def read_run_file(path: str | Path) -> dict[str, Any]:
+    """A run declared in TOML or YAML: ``dataset: {source, images, name, limit|sample, seed}``,
+    ``configs: [names or {include, ...overrides}]``, ``run_dir``, ``concurrency`` and any
+    ``Settings`` key (model, base_url, store, rate_limit, ...). Relative paths are taken
+    from the file's folder."""
+    import tomllib
+
+    import yaml
+
+    from agent.settings import Settings as _S
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except FileNotFoundError:
+        raise ConfigError(f"run file not found: {path}") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read run file {path}: {exc}") from None
+    if not isinstance(data, dict) or "dataset" not in data or not isinstance(data["dataset"], dict):
+        raise ConfigError(f"run file {path} needs a 'dataset' mapping (source, images, name, ...)")
+    from rag_store.errors import unknown_name
+
+    settings_keys = {f for f in _S.__dataclass_fields__} - {"api_key"}
+    for key in data:
+        if key not in RUN_KEYS | settings_keys:
+            raise unknown_name(f"key in run file {path}", key, RUN_KEYS | settings_keys)
+    for key in data["dataset"]:
+        if key not in DATASET_KEYS:
+            raise unknown_name(f"dataset key in run file {path}", key, DATASET_KEYS)
+    here = path.parent
+    for holder, key in ((data["dataset"], "source"), (data["dataset"], "images"), (data, "run_dir"), (data, "store"), (data, "cache_dir")):
+        if holder.get(key) and not Path(holder[key]).expanduser().is_absolute():
+            holder[key] = str(here / holder[key])
+    return data
