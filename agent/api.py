@@ -123,7 +123,8 @@ class GeoAgent:
 
     # ------------------------------------------------------------------ inputs
 
-    def _read(self, image: LocateInput) -> tuple[Image.Image, bytes | None, str]:
+    def read(self, image: LocateInput) -> tuple[Image.Image, bytes | None, str]:
+        """(decoded RGB image, original bytes or None, label) of a photo; ``ImageError`` if unusable."""
         if isinstance(image, str) and urlparse(image).scheme.lower() in ("http", "https"):
             raw = fetch_url(image, max_bytes=self.settings.url_max_bytes, timeout=self.settings.url_timeout)
             return load_image(raw), raw, image
@@ -142,7 +143,7 @@ class GeoAgent:
     async def alocate(self, image: LocateInput) -> Prediction:
         """Locate one photo. Raises ``ImageError`` for an unreadable photo."""
         started = time.perf_counter()
-        im, raw, label = await asyncio.to_thread(self._read, image)
+        im, raw, label = await asyncio.to_thread(self.read, image)
         state = ChainState(resources=self.resources, image=im, raw=raw, label=label)
         state = await self._chain.ainvoke(state)
         prediction = state.prediction

@@ -233,7 +233,8 @@ async def ask_model(state: ChainState) -> ChainState:
     res = state.resources
     if res.model is None or state.exif_gps is not None:
         return state
-    data_url = image_data_url(state.image, res.settings.max_side)
+    # Resizing and JPEG/base64 encoding are CPU work: off the event loop, like embedding.
+    data_url = await asyncio.to_thread(image_data_url, state.image, res.settings.max_side)
     jobs = []
     for variant in res.settings.variants:
         messages = build_messages(res.prompt, state.retrieval, variant, data_url)
@@ -362,7 +363,8 @@ async def answer(state: ChainState) -> ChainState:
     place = geo.Place("", "", "", "")
     if best is not None:
         source = {"llm": "llm", "exif": "exif"}.get(best.origin, "retrieval")
-        place = geo.reverse_geocode([(best.latitude, best.longitude)])[0]
+        # Off the event loop: the first call loads the GeoNames table (seconds).
+        place = (await asyncio.to_thread(geo.reverse_geocode, [(best.latitude, best.longitude)]))[0]
     confidence = None
     if best is not None:
         confidence = best.confidence if best.origin in ("llm", "exif") else best.score

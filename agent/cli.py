@@ -6,13 +6,11 @@ exit status 2; nothing already stored is touched by a failed command.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,8 +22,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from rag_store.errors import GeoagentError
-
 app = typer.Typer(
     name="geoagent",
     help="Predict where a photo was taken (retrieval-augmented VLM geolocation).",
@@ -36,8 +32,7 @@ app = typer.Typer(
 from eval.cli import eval_app  # noqa: E402
 
 app.add_typer(eval_app, name="eval")
-err = Console(stderr=True)
-out = Console()
+from agent.console import err, fail_cleanly, out  # noqa: E402
 
 StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Embedded Chroma directory (default: user data dir).")
@@ -46,23 +41,6 @@ ChromaUrlOpt = Annotated[
     str | None, typer.Option("--chroma-url", help="Chroma server http://HOST:PORT instead of --store.")
 ]
 CollectionOpt = Annotated[str, typer.Option("--collection", help="Gallery collection name.")]
-
-
-def fail_cleanly(fn):
-    """Turn a GeoagentError into one line on stderr and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except GeoagentError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 class RateColumn(ProgressColumn):
@@ -102,14 +80,23 @@ def index(
     gps_gallery: Annotated[bool, typer.Option("--gps-gallery", help="Also embed GeoCLIP's 100K GPS gallery into the store (once).")] = False,
 ) -> None:
     """Build or extend a gallery: embed every photo not yet stored."""
-    from rag_store import Gallery, build_gps_gallery, create_encoder, index_source, open_client
+    from rag_store import (
+        Gallery,
+        build_gps_gallery,
+        create_encoder,
+        index_source,
+        open_client,
+        read_source,
+    )
     from rag_store.errors import SourceError
 
     if source is None and not gps_gallery:
         raise SourceError("give a SOURCE to index, or --gps-gallery")
+    # Read SOURCE and load the encoder before touching the store: a bad SOURCE creates nothing.
+    prepared = read_source(source, images) if source is not None else None
+    enc = create_encoder(encoder) if source is not None else None
     client = open_client(store, chroma_url)
-    if source is not None:
-        enc = create_encoder(encoder)
+    if source is not None and enc is not None:
         gallery = Gallery.open(client, collection, encoder_name=enc.name, dim=enc.dim, create=True)
         with progress_bar(f"indexing {source.name}") as bar:
             task = bar.add_task("index", total=None)
@@ -121,15 +108,16 @@ def index(
                 batch_size=batch_size,
                 errors_file=errors or Path(f"{collection}-index-errors.csv"),
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                prepared=prepared,
             )
         for line in summary.lines():
-            out.print(line, highlight=False)
-        out.print(f"gallery {collection!r}: {gallery.count()} entries ({enc.name}, {enc.dim}-d)", highlight=False)
+            out.print(line, highlight=False, soft_wrap=True)
+        out.print(f"gallery {collection!r}: {gallery.count()} entries ({enc.name}, {enc.dim}-d)", highlight=False, soft_wrap=True)
     if gps_gallery:
         with progress_bar("GeoCLIP GPS gallery") as bar:
             task = bar.add_task("gps", total=None)
             g = build_gps_gallery(client, progress=lambda d, t: bar.update(task, completed=d, total=t))
-        out.print(f"GPS gallery {g.name!r}: {g.count()} coordinates", highlight=False)
+        out.print(f"GPS gallery {g.name!r}: {g.count()} coordinates", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -142,7 +130,7 @@ def galleries(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
     if not rows:
         out.print("no galleries: build one with `geoagent index SOURCE`")
     for row in rows:
-        out.print(f"{row['name']}\t{row['kind']}\t{row['encoder']}\t{row['dim']}-d\t{row['count']} entries", highlight=False)
+        out.print(f"{row['name']}\t{row['kind']}\t{row['encoder']}\t{row['dim']}-d\t{row['count']} entries", highlight=False, soft_wrap=True)
 
 
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name at the OpenAI-compatible endpoint (default: $GEOAGENT_MODEL; none = retrieval only).")]
@@ -156,31 +144,39 @@ def build_agent(config, **overrides):
     return GeoAgent.from_settings(config=config, **overrides)
 
 
-def print_card(p) -> None:
-    """A readable result: place, coordinates, confidence, candidates, key clues."""
+def result_card(p):
+    """A readable result: place, coordinates, confidence, candidates, key clues (a rich Panel).
+
+    Shared by ``locate`` and ``chat``. Model text is escaped: a clue like "[STOP]" is text, not markup.
+    """
+    from rich.console import Group
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
+    title = escape(p.image)
     if p.latitude is None:
-        out.print(Panel(f"[red]no answer[/red] ({p.status}): {p.error or ''}", title=p.image), highlight=False)
-        return
+        return Panel(f"[red]no answer[/red] ({p.status}): {escape(p.error or '')}", title=title)
     conf = f"{p.confidence:.0%}" if p.confidence is not None else "n/a"
     head = (
-        f"[bold]{p.place or 'unknown place'}[/bold]\n"
+        f"[bold]{escape(p.place or 'unknown place')}[/bold]\n"
         f"{p.latitude:.5f}, {p.longitude:.5f}   confidence {conf}   source {p.source}"
-        + (f"   model {p.model}" if p.model else "")
-        + (f"\n[yellow]{p.error}[/yellow]" if p.error else "")
+        + (f"   model {escape(p.model)}" if p.model else "")
+        + (f"\n[yellow]{escape(p.error)}[/yellow]" if p.error else "")
     )
     table = Table("candidate", "origin", "lat, lon", "score", box=None, pad_edge=False)
     for c in p.candidates[:6]:
-        table.add_row(c.place[:40] or "-", c.origin, f"{c.latitude:.4f}, {c.longitude:.4f}", f"{c.score:.3f}" if c.score is not None else "-")
-    clues = "\n".join(f"- {c.text}" for c in p.clues[:6])
+        table.add_row(escape(c.place[:40]) or "-", c.origin, f"{c.latitude:.4f}, {c.longitude:.4f}", f"{c.score:.3f}" if c.score is not None else "-")
+    clues = "\n".join(f"- {escape(c.text)}" for c in p.clues[:6])
     body = [head, table]
     if clues:
         body.append("clues:\n" + clues)
-    from rich.console import Group
+    return Panel(Group(*body), title=title, subtitle=f"{p.llm_calls} LLM calls, {p.latency_s:.2f} s")
 
-    out.print(Panel(Group(*body), title=p.image, subtitle=f"{p.llm_calls} LLM calls, {p.latency_s:.2f} s"), highlight=False)
+
+def print_card(p) -> None:
+    """Print ``result_card(p)`` on stdout."""
+    out.print(result_card(p), highlight=False)
 
 
 @app.command()

@@ -10,9 +10,12 @@ message, a log line or a result.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import sqlite3
+import ssl
+import sys
 import threading
 import time
 import weakref
@@ -155,6 +158,20 @@ def map_error(exc: Exception, base_url: str, api_key: str | None, timeout: float
     return ModelResponseError(_scrub(f"{where} failed: {type(exc).__name__}: {exc}", api_key))
 
 
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext | bool:
+    """The default TLS context of the openai client's HTTP library, built once per process.
+
+    Building it loads the system CA bundle (~40 ms); every event loop gets its own HTTP
+    client (see ``ModelClient._chat``), so without sharing it each ``GeoAgent.locate`` call
+    paid that again. The same settings as the library's own default (``verify=True``),
+    which is what is returned should the library offer no ``create_ssl_context``.
+    """
+    library = sys.modules.get(openai.DefaultAsyncHttpxClient.__mro__[1].__module__.split(".")[0])
+    make = getattr(library, "create_ssl_context", None)
+    return make() if make is not None else True
+
+
 class ModelClient:
     """One chat model endpoint: ``await complete(messages, temperature=..., sample=...)``."""
 
@@ -170,7 +187,7 @@ class ModelClient:
         # Keyed by the loop object itself (weakly): a new loop may reuse a dead one's id().
         self._chats: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def _chat(self):
+    def chat_model(self) -> ChatOpenAI:
         """A ChatOpenAI per event loop, each with its own async HTTP client.
 
         langchain-openai otherwise shares one cached client per endpoint across loops,
@@ -186,7 +203,9 @@ class ModelClient:
                 api_key=self.settings.api_key or "not-needed",
                 timeout=self.settings.timeout,
                 max_retries=self.settings.max_retries,
-                http_async_client=openai.DefaultAsyncHttpxClient(timeout=self.settings.timeout),
+                http_async_client=openai.DefaultAsyncHttpxClient(
+                    timeout=self.settings.timeout, verify=_ssl_context()
+                ),
             )
         return chat
 
@@ -218,7 +237,7 @@ class ModelClient:
             if self._limiter:
                 await self._limiter.wait()
             try:
-                message = await self._chat().ainvoke(messages, **kwargs)
+                message = await self.chat_model().ainvoke(messages, **kwargs)
             except openai.OpenAIError as exc:
                 raise map_error(exc, self.base_url, self.settings.api_key, self.settings.timeout) from None
         reply = self._reply(message)

@@ -7,7 +7,6 @@ geoagent command, an error a user can cause ends as one line on stderr
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from rag_store.errors import GeoagentError
+from agent.console import fail_cleanly
 
 eval_app = typer.Typer(
     name="eval",
@@ -26,22 +25,8 @@ eval_app = typer.Typer(
 )
 
 
-def _clean_errors(fn):
-    """A GeoagentError becomes one line on stderr and exit status 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except GeoagentError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 @eval_app.command("score")
-@_clean_errors
+@fail_cleanly
 def score_command(
     predictions: Annotated[Path, typer.Argument(help="Predictions CSV: IMG_ID,LAT_pred,LON_pred[,success|status].")],
     truth: Annotated[Path, typer.Option("--truth", help="Truth CSV: IMG_ID,LAT,LON[,country,region,city].")],
@@ -63,7 +48,7 @@ def score_command(
 
 
 @eval_app.command("report")
-@_clean_errors
+@fail_cleanly
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="Run directory holding results.jsonl (and run.json).")],
     prices: Annotated[
@@ -102,7 +87,7 @@ def _write(path: Path, text: str) -> None:
 
 
 @eval_app.command("run")
-@_clean_errors
+@fail_cleanly
 def run_command(
     run_file: Annotated[Path | None, typer.Argument(help="A run declared in YAML/TOML (dataset, configs, model, ...); flags override it.")] = None,
     dataset: Annotated[Path | None, typer.Option("--dataset", help="Truth CSV (with --images), an LLMGeo folder, or a folder of EXIF-tagged photos.")] = None,

@@ -143,7 +143,7 @@ def load_clip_vision(model_id: str):
 
     Raises ``EncoderUnavailable`` naming the model and how to provide its weights.
     """
-    from transformers import CLIPVisionModelWithProjection
+    from transformers import AutoConfig, CLIPVisionModelWithProjection
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the text tower's unused weights are expected
@@ -151,17 +151,24 @@ def load_clip_vision(model_id: str):
     last: Exception | None = None
     for local_only in attempts:
         try:
+            config = AutoConfig.from_pretrained(model_id, local_files_only=local_only)
+            if getattr(config, "vision_config", None) is not None:
+                # A full CLIP checkpoint: its visual projection has the top-level
+                # projection_dim, which the vision sub-config need not repeat.
+                vision = config.vision_config
+                vision.projection_dim = config.projection_dim
+                config = vision
             model = CLIPVisionModelWithProjection.from_pretrained(
-                model_id, local_files_only=local_only
+                model_id, config=config, local_files_only=local_only
             )
             return model.eval()
         except (OSError, ValueError) as exc:
             last = exc
     raise EncoderUnavailable(
         f"CLIP weights {model_id!r} are not on this machine and could not be downloaded. "
-        f"Download them where there is network (e.g. `huggingface-cli download {model_id}`) "
-        f"and pass the folder as clip:/path/to/folder, or copy them into the Hugging Face cache "
-        f"({os.environ.get('HF_HOME', '~/.cache/huggingface')})"
+        f"Download them where there is network (e.g. `hf download {model_id} --local-dir DIR`) "
+        f"and pass the folder as clip:DIR (or geoclip:DIR), or copy them into the Hugging Face "
+        f"cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')})"
     ) from last
 
 

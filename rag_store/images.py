@@ -81,9 +81,10 @@ def _to_rgb(im: Image.Image, name: str, max_pixels: int) -> Image.Image:
         )
     im.load()  # decode now so that truncation is reported here, not later
     im = ImageOps.exif_transpose(im) or im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit greyscale: scale to 8 bits instead of clipping everything to white.
-        im = im.point(lambda v: v / 256).convert("L")
+        # (point() only takes 'I' and 'I;16': big-endian 16-bit TIFFs are 'I;16B'.)
+        im = (im if im.mode in ("I", "I;16") else im.convert("I")).point(lambda v: v / 256).convert("L")
     elif im.mode == "F":
         im = im.convert("L")
     if im.mode == "P" and "transparency" in im.info:

@@ -114,7 +114,11 @@ def read_csv_source(csv_path: Path, images: Path | None) -> tuple[list[Record], 
         raise SourceError(f"cannot read {csv_path}: {exc.strerror or exc}") from exc
     with fh:
         reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
+        try:
+            columns = reader.fieldnames or []
+        except (csv.Error, UnicodeDecodeError) as exc:
+            # e.g. a photo or a non-UTF-8 file given as SOURCE
+            raise SourceError(f"{csv_path} is not a readable UTF-8 CSV: {exc}") from exc
         id_col, lat_col, lon_col = (_pick(columns, n) for n in (ID_COLUMNS, LAT_COLUMNS, LON_COLUMNS))
         if not (id_col and lat_col and lon_col):
             raise SourceError(
@@ -191,12 +195,17 @@ def index_source(
     workers: int = 2,
     errors_file: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    prepared: tuple[list[Record], list[Skip]] | None = None,
 ) -> IndexSummary:
-    """Embed every photo of ``source`` not yet in ``gallery``; see the module doc."""
+    """Embed every photo of ``source`` not yet in ``gallery``; see the module doc.
+
+    ``prepared`` is ``read_source(source, images)`` when the caller has already read it
+    (the CLI does, to refuse a bad SOURCE before it creates a gallery).
+    """
     if batch_size < 1:
         raise SourceError(f"--batch-size must be at least 1, got {batch_size}")
     started = time.perf_counter()
-    records, skips = read_source(source, images)
+    records, skips = prepared if prepared is not None else read_source(source, images)
     source_name = Path(source).stem
     summary = IndexSummary(total=len(records) + len(skips))
     stored = gallery.existing_ids([r.image_id for r in records])
@@ -204,19 +213,20 @@ def index_source(
     summary.already_stored = len(records) - len(todo)
 
     errors_path = Path(errors_file) if errors_file else None
-    errors_fh = None
-    if errors_path:
-        errors_path.parent.mkdir(parents=True, exist_ok=True)
-        errors_fh = errors_path.open("w", newline="", encoding="utf-8")
-        errors_writer = csv.writer(errors_fh)
-        errors_writer.writerow(["image_id", "reason", "detail"])
-        summary.errors_file = errors_path
+    errors: dict = {}  # the errors file is opened at the first skip, not before
 
     def skip(s: Skip) -> None:
         summary.skipped[s.kind] += 1
-        if errors_fh:
-            errors_writer.writerow([s.image_id, s.kind, s.detail])
-            errors_fh.flush()
+        if errors_path is None:
+            return
+        if not errors:
+            errors_path.parent.mkdir(parents=True, exist_ok=True)
+            errors["fh"] = errors_path.open("w", newline="", encoding="utf-8")
+            errors["csv"] = csv.writer(errors["fh"])
+            errors["csv"].writerow(["image_id", "reason", "detail"])
+            summary.errors_file = errors_path
+        errors["csv"].writerow([s.image_id, s.kind, s.detail])
+        errors["fh"].flush()
 
     for s in skips:
         skip(s)
@@ -269,7 +279,7 @@ def index_source(
             if pending_write is not None:
                 pending_write.result()
     finally:
-        if errors_fh:
-            errors_fh.close()
+        if errors:
+            errors["fh"].close()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -302,3 +302,19 @@ def test_same_agent_locates_again_and_again(store, query_photo):
         assert [agent.locate(query_photo).status for _ in range(3)] == ["ok"] * 3
         assert make_agent(store, srv, variants=(0,)).locate(query_photo).status == "ok"
         assert len(srv.requests) == 4
+
+
+def test_unreachable_endpoint_is_one_clear_error(store, query_photo):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket closes
+    cli = [sys.executable, "-m", "agent.cli"]
+    run = subprocess.run(
+        [*cli, "locate", str(query_photo), "--store", str(store), "--model", "m", "--base-url", f"http://127.0.0.1:{port}/v1"],
+        capture_output=True, text=True, timeout=120, env={**_env(), "OPENAI_API_KEY": "sk-secret-abc"},
+    )
+    assert run.returncode == 2
+    assert run.stderr.startswith("error: cannot connect to http://127.0.0.1:")
+    assert "sk-secret-abc" not in run.stderr + run.stdout

@@ -1,0 +1,92 @@
+"""Small generated photos for the image, encoder and ingest tests (no sample photos copied)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from PIL.TiffImagePlugin import IFDRational
+
+GPS_IFD = 0x8825
+ORIENTATION = 0x0112
+
+
+def noise_jpeg(path: Path, seed: int, size: tuple[int, int] = (96, 64)) -> Path:
+    """A random-noise-plus-gradient RGB JPEG, different for every seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    gradient = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    tint = rng.uniform(0, 255, 3).astype(np.float32)[None, None, :]
+    noise = rng.uniform(-60, 60, (h, w, 3)).astype(np.float32)
+    arr = np.clip(0.4 * gradient + 0.6 * tint + noise, 0, 255).astype(np.uint8)
+    Image.fromarray(arr, "RGB").save(path, "JPEG", quality=90)
+    return path
+
+
+def cmyk_jpeg(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
+    """A CMYK JPEG of pure red (C=0, M=100%, Y=100%, K=0)."""
+    Image.new("CMYK", size, (0, 255, 255, 0)).save(path, "JPEG", quality=95)
+    return path
+
+
+def grey16_png(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
+    """A 16-bit greyscale PNG (mode I;16): a ramp over the full 0..65535 range."""
+    w, h = size
+    arr = np.linspace(0, 65535, w * h).reshape(h, w).astype(np.uint16)
+    im = Image.fromarray(arr)
+    assert im.mode == "I;16"
+    im.save(path, "PNG")
+    return path
+
+
+def grey16_tiff_big_endian(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
+    """A 16-bit big-endian greyscale TIFF (mode I;16B), the same ramp as ``grey16_png``."""
+    w, h = size
+    arr = np.linspace(0, 65535, w * h).reshape(h, w).astype(">u2")
+    Image.frombytes("I;16B", (w, h), arr.tobytes()).save(path, "TIFF")
+    return path
+
+
+def rgba_png(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
+    """Left half opaque blue, right half fully transparent (colour underneath: black)."""
+    w, h = size
+    arr = np.zeros((h, w, 4), np.uint8)
+    arr[:, : w // 2] = (0, 0, 255, 255)
+    arr[:, w // 2 :] = (0, 0, 0, 0)
+    Image.fromarray(arr, "RGBA").save(path, "PNG")
+    return path
+
+
+def bomb_png(path: Path, side: int = 10_000) -> Path:
+    """A ``side`` x ``side`` black 'L' PNG: a few hundred KB on disk, side**2 pixels decoded."""
+    Image.new("L", (side, side)).save(path, "PNG")
+    return path
+
+
+def _dms(value: float) -> tuple[IFDRational, IFDRational, IFDRational]:
+    value = abs(value)
+    degrees = int(value)
+    minutes = int((value - degrees) * 60)
+    seconds = (value - degrees - minutes / 60) * 3600
+    return IFDRational(degrees, 1), IFDRational(minutes, 1), IFDRational(round(seconds * 10000), 10000)
+
+
+def gps_exif(lat: float, lon: float) -> Image.Exif:
+    exif = Image.Exif()
+    exif[GPS_IFD] = {
+        1: "N" if lat >= 0 else "S",
+        2: _dms(lat),
+        3: "E" if lon >= 0 else "W",
+        4: _dms(lon),
+    }
+    return exif
+
+
+def gps_jpeg(path: Path, lat: float, lon: float, seed: int = 0) -> Path:
+    """A noise JPEG whose EXIF GPS block says (lat, lon)."""
+    noise_jpeg(path, seed)
+    with Image.open(path) as im:
+        im.load()
+        im.save(path, "JPEG", quality=90, exif=gps_exif(lat, lon))
+    return path
