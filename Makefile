@@ -22,8 +22,12 @@ demo: install
 	@if [ ! -f $(SAMPLE)/im2gps3k-dev.csv ]; then \
 	  echo "No sample data at $(SAMPLE). Get Im2GPS3k (im2gps3k_rgb_images + im2gps3k_places365.csv)"; \
 	  echo "from the Im2GPS3k release and run: make demo SAMPLE=/path/with/csv-and-images"; exit 2; fi
-	$(VENV)/bin/geoagent index $(SAMPLE)/im2gps3k-dev.csv --images $(SAMPLE)/images --store $(DEMO_STORE) --errors $(DEMO_STORE)/index-errors.csv
+	@mkdir -p $(DEMO_STORE)
+	# The gallery holds every sample photo but the first ten, which are held out to be located.
+	sed '2,11d' $(SAMPLE)/im2gps3k-dev.csv > $(DEMO_STORE)/gallery.csv
+	$(VENV)/bin/geoagent index $(DEMO_STORE)/gallery.csv --images $(SAMPLE)/images --store $(DEMO_STORE) --errors $(DEMO_STORE)/index-errors.csv
 	$(VENV)/bin/geoagent locate $(SAMPLE)/images/$$(sed -n 2p $(SAMPLE)/im2gps3k-dev.csv | cut -d, -f1) --store $(DEMO_STORE)
+	@echo "truth: $$(sed -n 2p $(SAMPLE)/im2gps3k-dev.csv | cut -d, -f2,3)   (add --model M [--base-url URL] for the full chain)"
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -163,6 +163,8 @@ def result_card(p):
         f"{p.latitude:.5f}, {p.longitude:.5f}   confidence {conf}   source {p.source}"
         + (f"   model {escape(p.model)}" if p.model else "")
         + (f"\n[yellow]{escape(p.error)}[/yellow]" if p.error else "")
+        + ("\n[dim]retrieval-only answer: no model configured (--model, --base-url)[/dim]"
+           if p.source == "retrieval" and not p.model and p.llm_calls == 0 else "")
     )
     table = Table("candidate", "origin", "lat, lon", "score", box=None, pad_edge=False)
     for c in p.candidates[:6]:

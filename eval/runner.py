@@ -164,14 +164,17 @@ async def run_async(spec: RunSpec, *, resume: bool = False, progress: Progress |
                 system.name, sample.id, sample.target(), output, input=str(sample.image),
                 timings={"total_s": round(time.perf_counter() - started, 4)}, error=error,
             )
-            await loop.run_in_executor(writer, write, record)
-            running["done"] += 1
-            if d := record["scores"].get("distance_km") if record["scores"] else None:
-                running["hits25"] += d <= 25
-                running["hits2500"] += d <= 2500
-            running["scored"] += 1
-            if progress:
-                progress(running["done"], total, running)
+        # Written after the slot is freed, so that the next item's model call does not wait
+        # for this record's fsync; the item counts as done once its record is on disk.
+        await loop.run_in_executor(writer, write, record)
+        running["done"] += 1
+        d = (record["scores"] or {}).get("distance_km")
+        if d is not None:  # 0.0 km is a hit, not "no distance"
+            running["hits25"] += d <= 25
+            running["hits2500"] += d <= 2500
+        running["scored"] += 1
+        if progress:
+            progress(running["done"], total, running)
 
     if progress:
         progress(running["done"], total, running)
