@@ -7,6 +7,7 @@ CLI command that needs no encoder does not pay for importing torch and chromadb.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -28,6 +29,15 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
+
+# OpenMP threads that have finished their share of a torch op sleep instead of spinning.
+# Spinning (the default) only pays on idle, dedicated cores: on a shared 2-core machine, or
+# in ingest where photo-decoding threads run beside the encoder, a spinning thread burns the
+# core its partner needs: on the busy 2-core dev machine efficientnet-lite0 with 2 threads
+# took 3x the CPU and 2-3x the wall time per image (bench/RESULTS.md, issue 2). libgomp reads
+# this once, when torch loads: it only takes effect when rag_store is imported before torch
+# (as in the geoagent CLI); an explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _LAZY = {
     "rag_store.encoders": ["DEFAULT_ENCODER", "ENCODERS", "Encoder", "EncoderSpec", "Transform", "create_encoder", "list_encoders"],

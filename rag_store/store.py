@@ -25,8 +25,19 @@ from .errors import (
 )
 
 DEFAULT_COLLECTION = "gallery"
-# HNSW settings: ef_search=128 keeps recall@16 >= 0.95 at 1M vectors (bench/bench_store.py).
-HNSW = {"space": "cosine", "ef_construction": 128, "ef_search": 128, "max_neighbors": 16}
+# HNSW settings, measured by bench/bench_store.py on 1M clustered 512-d vectors on the 2-core
+# dev machine (bench/RESULTS.md, issue 2). max_neighbors (M) fixes how well the graph links
+# clusters, and only at creation: with M=16 some queries' searches got stuck away from all
+# of their true neighbours whatever ef_search, so recall@16 stalled at 0.94 / 0.95 / 0.96 /
+# 0.97 for ef_search 128 / 192 / 256 / 384 while p50 grew 7 -> 11 ms. M=32 (fewer stuck
+# searches: ~1 % of queries at 1M, none at 100K from ef_search 64) gives 0.97 / 0.98 / 0.99
+# at ef_search 64 / 128 / 256 (p50 5-11 ms at 128, by machine load), for a build 1.6x slower
+# (1M: ~770 vectors/s, 22 min) and a 6% larger index (2.3 GB at 1M). ef_search is the recall
+# / latency knob (M=16: p50 7 -> 11.6 ms from 128 to 256). It can be changed on an existing
+# gallery: collection.modify(configuration={"hnsw": {"ef_search": N}}) is stored at once and
+# used when the index is next loaded (chromadb 1.5.9); M and ef_construction cannot. Existing
+# galleries keep the settings they were created with.
+HNSW = {"space": "cosine", "ef_construction": 128, "ef_search": 128, "max_neighbors": 32}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]$")
 
 
