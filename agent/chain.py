@@ -133,7 +133,8 @@ async def retrieve(state: ChainState) -> ChainState:
     if res.gallery is not None:
         state.retrieval = await asyncio.to_thread(res.gallery.query, state.embedding, res.settings.k)
     if res.gps_gallery is not None:
-        state.gps_candidates = res.gps_gallery.candidates(state.embedding, res.settings.gps_k)
+        # A 100K x 512 product: off the loop too.
+        state.gps_candidates = await asyncio.to_thread(res.gps_gallery.candidates, state.embedding, res.settings.gps_k)
     return state
 
 

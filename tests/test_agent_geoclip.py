@@ -23,8 +23,8 @@ from rag_store import (
     open_client,
 )
 from rag_store.gps_gallery import location_similarity
+from tests.imagegen import tiny_clip_dir
 from tests.openai_server import OpenAIServer
-from tests.test_encoders import tiny_clip_dir
 
 
 @pytest.fixture(scope="module")

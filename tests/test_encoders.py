@@ -13,26 +13,7 @@ from PIL import Image
 from rag_store.encoders import ENCODERS, create_encoder
 from rag_store.errors import ConfigError, EncoderUnavailable
 from rag_store.images import load_image
-from tests.imagegen import noise_jpeg
-
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-
-
-def tiny_clip_dir(path, projection_dim: int, seed: int = 0):
-    """save_pretrained() of a randomly initialised, tiny, full CLIPModel (text + vision)."""
-    from transformers import CLIPConfig, CLIPModel
-
-    config = CLIPConfig(
-        text_config=dict(
-            TINY, vocab_size=100, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-            pad_token_id=1,
-        ),
-        vision_config=dict(TINY, image_size=32, patch_size=8),
-        projection_dim=projection_dim,
-    )
-    torch.manual_seed(seed)
-    CLIPModel(config).eval().save_pretrained(path)
-    return path
+from tests.imagegen import noise_jpeg, tiny_clip_dir
 
 
 @pytest.fixture(scope="module")
