@@ -5,13 +5,14 @@
     prediction = agent.locate("photo.jpg")
     print(prediction.latitude, prediction.longitude, prediction.country)
 
-Errors (all under ``GeoagentError``) are drawn in ``rag_store.errors``.
+Errors (all under ``GeoagentError``), flat: the tree is drawn in ``agent.errors``.
 """
 
 from typing import TYPE_CHECKING, Any
 
-from rag_store.errors import (
+from .errors import (
     ConfigError,
+    CoordinateError,
     EncoderError,
     EncoderMismatch,
     EncoderUnavailable,
@@ -25,11 +26,11 @@ from rag_store.errors import (
     ModelResponseError,
     ModelTimeout,
     ModelUnavailable,
+    OutputError,
     SourceError,
     StoreError,
     StoreUnavailable,
 )
-
 from .prediction import Candidate, Clue, Prediction
 from .settings import Settings
 
@@ -51,6 +52,7 @@ __all__ = [
     "Candidate",
     "Clue",
     "ConfigError",
+    "CoordinateError",
     "EncoderError",
     "EncoderMismatch",
     "EncoderUnavailable",
@@ -65,6 +67,7 @@ __all__ = [
     "ModelResponseError",
     "ModelTimeout",
     "ModelUnavailable",
+    "OutputError",
     "Prediction",
     "Settings",
     "SourceError",

@@ -31,13 +31,13 @@ from PIL import Image
 
 from prompts import PromptTemplate, shared_part
 from rag_store.encoders import Encoder
-from rag_store.errors import ModelAuthError, ModelError, ModelTimeout, ModelUnavailable
 from rag_store.gps_gallery import GpsCandidate, GpsGallery, location_similarity
 from rag_store.images import read_exif_gps
 from rag_store.store import Gallery, Neighbour, Retrieval
 
 from . import geo
 from .answers import AnswerInvalid, AnswerRefused, ParsedAnswer, parse_answer
+from .errors import ModelAuthError, ModelError, ModelTimeout, ModelUnavailable
 from .llm import ModelClient
 from .prediction import Candidate, Clue, Prediction
 from .settings import Settings

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from rag_store.coords import CoordinateError, to_latlon
 from rag_store.errors import GeoagentError, InputError
 
 EARTH_RADIUS_KM = 6371.0088
@@ -101,16 +101,15 @@ def _check_range(name: str, values: np.ndarray, bound: float) -> None:
 
 
 def validate_point(lat: Any, lon: Any, where: str = "point") -> tuple[float, float]:
-    """``(lat, lon)`` as floats, or ``InputError`` naming the bad value."""
+    """``(lat, lon)`` as floats, or ``InputError`` naming the bad value.
+
+    The one coordinate rule (``rag_store.coords``), taking (0, 0) as a point: geometry
+    is asked about any point; whether (0, 0) is an answer is decided where answers are read.
+    """
     try:
-        la, lo = float(lat), float(lon)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: ({lat!r}, {lon!r}) is not a pair of numbers") from None
-    if not math.isfinite(la) or not -90.0 <= la <= 90.0:
-        raise InputError(f"{where}: latitude {lat!r} must be a finite number within -90..90")
-    if not math.isfinite(lo) or not -180.0 <= lo <= 180.0:
-        raise InputError(f"{where}: longitude {lon!r} must be a finite number within -180..180")
-    return la, lo
+        return to_latlon(lat, lon, allow_null_island=True)
+    except CoordinateError as exc:
+        raise CoordinateError(f"{where}: {exc}") from None
 
 
 class _Geocoder:

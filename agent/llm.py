@@ -27,7 +27,7 @@ import openai
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_openai import ChatOpenAI
 
-from rag_store.errors import (
+from .errors import (
     ConfigError,
     ModelAuthError,
     ModelError,
@@ -36,7 +36,6 @@ from rag_store.errors import (
     ModelTimeout,
     ModelUnavailable,
 )
-
 from .settings import Settings
 
 

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rag_store.coords import check_latlon
 from rag_store.errors import SourceError
 from rag_store.images import read_exif_gps
 from rag_store.ingest import IMAGE_SUFFIXES, Skip, read_csv_source, read_folder_source
@@ -50,11 +51,11 @@ def _llmgeo_samples(folder: Path) -> tuple[list[Sample], list[Skip]]:
     samples, skips = [], []
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         m = _LLMGEO_NAME.match(path.name)
-        lon, lat = (float(m.group(1)), float(m.group(2))) if m else (None, None)
-        if lat is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
-            skips.append(Skip(path.name, "bad coordinates", "file name is not <lon>_<lat>_..."))
+        point, reason = check_latlon(m.group(2), m.group(1)) if m else (None, "file name is not <lon>_<lat>_...")
+        if point is None:
+            skips.append(Skip(path.name, "bad coordinates", reason))
             continue
-        samples.append(Sample(path.relative_to(folder).as_posix(), path, lat, lon))
+        samples.append(Sample(path.relative_to(folder).as_posix(), path, point.lat, point.lon))
     return samples, skips
 
 
@@ -70,8 +71,8 @@ def _exif_samples(folder: Path) -> tuple[list[Sample], list[Skip]]:
 
 
 def detect_kind(source: Path) -> str:
-    if source.is_file():
-        return "csv"
+    if not source.is_dir():
+        return "csv"  # read_csv refuses a FIFO or device with one line
     names = [p.name for p in list(source.iterdir())[:50] if p.suffix.lower() in IMAGE_SUFFIXES]
     if names and all(_LLMGEO_NAME.match(n) for n in names):
         return "llmgeo"

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.api import GeoAgent
-from agent.settings import Settings
-from rag_store.errors import (
+from agent.errors import (
     ConfigError,
     GeoagentError,
     ImageError,
     ModelAuthError,
     ModelUnavailable,
 )
+from agent.settings import Settings
 
 from .datasets import Dataset, Sample
 from .metrics import Metrics, compute_metrics

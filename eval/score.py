@@ -15,21 +15,24 @@ in the truth are reported and ignored; of duplicate rows for one id the first is
 
 from __future__ import annotations
 
-import csv
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eval.metrics import Metrics, ScoredItem, compute_metrics
-from rag_store.errors import InputError
+from rag_store.coords import check_latlon
+from rag_store.errors import InputError, SourceError
+from rag_store.tables import (
+    ID_COLUMNS,
+    LAT_COLUMNS,
+    LON_COLUMNS,
+    PLACE_COLUMNS,
+    PRED_LAT_COLUMNS,
+    PRED_LON_COLUMNS,
+    CsvTable,
+    read_csv,
+)
 
-ID_COLUMNS = ("img_id", "image_id", "imgid", "id", "image", "photo", "filename", "file", "name", "key")
-PRED_LAT = ("lat_pred", "pred_lat", "latitude_pred", "pred_latitude", "lat", "latitude")
-PRED_LON = ("lon_pred", "pred_lon", "longitude_pred", "pred_longitude", "lon", "lng", "long", "longitude")
-TRUTH_LAT = ("lat", "latitude", "lat_true", "true_lat", "gt_lat", "lat_gt")
-TRUTH_LON = ("lon", "lng", "long", "longitude", "lon_true", "true_lon", "gt_lon", "lon_gt")
 TRUE_WORDS = {"true", "t", "1", "yes", "y", "ok"}
 FALSE_WORDS = {"false", "f", "0", "no", "n"}
 # status words other systems write, mapped onto ours; anything else not ok is an error.
@@ -120,77 +123,33 @@ class ScoreResult:
         }
 
 
-def _read_csv(path: Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
-    if not path.exists():
-        raise InputError(f"{what} file not found: {path}")
-    if not path.is_file():
-        raise InputError(f"{what} path is not a file: {path}")
+def _table(path: Path, what: str) -> CsvTable:
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets write a BOM
-    except UnicodeDecodeError:
-        raise InputError(f"{what} file {path} is not UTF-8 text (is it a CSV?)") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {what} file {path}: {exc.strerror}") from None
-    if not text.strip():
-        raise InputError(f"{what} file {path} is empty")
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.DictReader(text.splitlines(), dialect=dialect)
-    header = [h.strip() for h in reader.fieldnames or []]
-    try:
-        rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in row.items()}
-                for row in reader]
-    except csv.Error as exc:
-        raise InputError(f"{what} file {path}: bad CSV ({exc})") from None
-    return header, rows
-
-
-def _pick(header: Sequence[str], names: Sequence[str], what: str, path: Path, required: bool = True) -> str | None:
-    by_key = {h.casefold(): h for h in header}
-    for name in names:
-        if name in by_key:
-            return by_key[name]
-    if required:
-        raise InputError(
-            f"{path}: no {what} column (looked for {', '.join(names)}; found {', '.join(header) or 'no header'})"
-        )
-    return None
-
-
-def _float(value: str) -> float | None:
-    if value.strip().casefold() in {"", "nan", "none", "null", "na", "n/a"}:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return math.nan  # present but not a number: unusable, reported
+        return read_csv(path, what)
+    except SourceError as exc:
+        raise InputError(str(exc)) from None
 
 
 def read_truth(path: str | Path) -> list[TruthRow]:
     """The truth set; any bad row is an error (a truth set must be clean)."""
     path = Path(path)
-    header, rows = _read_csv(path, "truth")
-    id_col = _pick(header, ID_COLUMNS, "id", path)
-    lat_col = _pick(header, TRUTH_LAT, "latitude", path)
-    lon_col = _pick(header, TRUTH_LON, "longitude", path)
-    optional = {k: _pick(header, (k,), k, path, required=False) for k in ("country", "region", "city")}
+    table = _table(path, "truth")
+    id_col = table.column(ID_COLUMNS, "id")
+    lat_col = table.column(LAT_COLUMNS, "latitude")
+    lon_col = table.column(LON_COLUMNS, "longitude")
+    optional = {k: table.column((k,), k, required=False) for k in PLACE_COLUMNS}
     truth, seen = [], set()
-    for line, row in enumerate(rows, 2):
-        item_id = row.get(id_col, "")
+    for row in table.rows():
+        item_id = row.get(id_col)
         if not item_id:
-            raise InputError(f"{path}:{line}: empty {id_col}")
+            raise InputError(f"{path}:{row.line}: empty {id_col}")
         if item_id in seen:
-            raise InputError(f"{path}:{line}: id {item_id!r} appears twice in the truth")
+            raise InputError(f"{path}:{row.line}: id {item_id!r} appears twice in the truth")
         seen.add(item_id)
-        lat, lon = _float(row.get(lat_col, "")), _float(row.get(lon_col, ""))
-        if lat is None or lon is None or not (-90 <= lat <= 90) or not (-180 <= lon <= 180):
-            raise InputError(
-                f"{path}:{line}: truth coordinates ({row.get(lat_col)!r}, {row.get(lon_col)!r}) of "
-                f"{item_id!r} are not a latitude within -90..90 and a longitude within -180..180"
-            )
-        truth.append(TruthRow(item_id, lat, lon, **{k: row.get(c) if c else None for k, c in optional.items()}))
+        point, reason = check_latlon(row.get(lat_col), row.get(lon_col))
+        if point is None:
+            raise InputError(f"{path}:{row.line}: truth coordinates of {item_id!r} are unusable: {reason}")
+        truth.append(TruthRow(item_id, point.lat, point.lon, **{k: row.get(c) or None if c else None for k, c in optional.items()}))
     if not truth:
         raise InputError(f"truth file {path} has a header but no rows")
     return truth
@@ -199,38 +158,36 @@ def read_truth(path: str | Path) -> list[TruthRow]:
 def read_predictions(path: str | Path) -> list[PredictionRow]:
     """Every row of a predictions file, with its status (duplicates kept: matching decides)."""
     path = Path(path)
-    header, rows = _read_csv(path, "predictions")
-    id_col = _pick(header, ID_COLUMNS, "id", path)
-    lat_col = _pick(header, PRED_LAT, "latitude", path)
-    lon_col = _pick(header, PRED_LON, "longitude", path)
-    success_col = _pick(header, ("success",), "success", path, required=False)
-    status_col = _pick(header, ("status",), "status", path, required=False)
+    table = _table(path, "predictions")
+    id_col = table.column(ID_COLUMNS, "id")
+    lat_col = table.column(PRED_LAT_COLUMNS, "latitude")
+    lon_col = table.column(PRED_LON_COLUMNS, "longitude")
+    success_col = table.column(("success",), "success", required=False)
+    status_col = table.column(("status",), "status", required=False)
     result = []
-    for line, row in enumerate(rows, 2):
-        item_id = row.get(id_col, "")
+    for row in table.rows():
+        item_id = row.get(id_col)
         if not item_id:
-            raise InputError(f"{path}:{line}: empty {id_col}")
+            raise InputError(f"{path}:{row.line}: empty {id_col}")
         status = "ok"
         if success_col is not None:
-            word = row.get(success_col, "").casefold()
+            word = row.get(success_col).casefold()
             if word in FALSE_WORDS:
                 status = "error"
             elif word and word not in TRUE_WORDS:
-                raise InputError(f"{path}:{line}: success value {row[success_col]!r} is neither true nor false")
-        if status_col is not None and status == "ok" and row.get(status_col, ""):
-            status = STATUS_WORDS.get(row[status_col].casefold(), "error")
-        lat, lon = _float(row.get(lat_col, "")), _float(row.get(lon_col, ""))
+                raise InputError(f"{path}:{row.line}: success value {row.get(success_col)!r} is neither true nor false")
+        if status_col is not None and status == "ok" and row.get(status_col):
+            status = STATUS_WORDS.get(row.get(status_col).casefold(), "error")
+        point, reason = check_latlon(row.get(lat_col), row.get(lon_col))
         invalid = ""
-        if status in ("ok", "fallback"):
-            if lat is None or lon is None:
-                invalid = "no coordinates"
-            elif not (math.isfinite(lat) and math.isfinite(lon)):
-                invalid = f"({row.get(lat_col)!r}, {row.get(lon_col)!r}) are not numbers"
-            elif not (-90 <= lat <= 90 and -180 <= lon <= 180):
-                invalid = f"({lat}, {lon}) out of range"
-            if invalid:
-                status = "unparseable"
-        result.append(PredictionRow(item_id, lat, lon, status, line, invalid))
+        if status in ("ok", "fallback") and point is None:
+            # Said it answered, but (0, 0), NaN, out of range or blank: not an answer.
+            invalid, status = reason, "unparseable"
+        result.append(PredictionRow(
+            item_id, point.lat if point else None, point.lon if point else None, status, row.line, invalid
+        ))
+    if not result:
+        raise InputError(f"predictions file {path} has a header but no rows")
     return result
 
 
@@ -267,6 +224,12 @@ def score(
         else:
             chosen[item_id] = row
 
+    if not chosen:
+        # Every item would score as a miss: almost always the wrong file or id column.
+        raise InputError(
+            f"no id in {predictions} matches an id in {truth} (e.g. {', '.join(extra[:3])} vs "
+            f"{', '.join(t.item_id for t in truth_rows[:3])}): check the files and their id columns"
+        )
     items = []
     for t in truth_rows:
         row = chosen.get(t.item_id)

@@ -1,13 +1,16 @@
-"""Every error geoagent raises on purpose, in one tree.
+"""The root of geoagent's error tree and the errors of the lowest layer (``rag_store``).
 
-The tree lives in the lowest layer (``rag_store``) so that the gallery, the
-encoders, the chain and the benchmark runner all raise the same classes;
-``agent`` re-exports it. Each message names the failing input and the fix::
+Each layer defines the errors it raises: photos, inputs, encoders and the store here;
+the model endpoint's in ``agent.errors``. ``agent`` re-exports the whole tree flat
+(``from agent import ModelTimeout, ImageError``). Each message names the failing
+input and the fix::
 
     GeoagentError
     ├── InputError                  bad input a user can correct
     │   ├── ImageError              unreadable / unsupported / too large photo or URL
-    │   ├── SourceError             `geoagent index SOURCE` cannot be used
+    │   ├── SourceError             an index SOURCE, dataset, truth or predictions file
+    │   ├── CoordinateError         not a usable (lat, lon); (0, 0) counts as missing
+    │   ├── OutputError             an output file cannot be written
     │   └── ConfigError             unknown name, bad setting or settings file
     ├── EncoderError
     │   ├── EncoderUnavailable      weights not on disk (and no network)
@@ -15,7 +18,7 @@ encoders, the chain and the benchmark runner all raise the same classes;
     ├── StoreError
     │   ├── StoreUnavailable        Chroma directory or server cannot be opened
     │   └── GalleryNotFound         no such collection
-    └── ModelError                  the vision-language model endpoint
+    └── ModelError                  the vision-language model endpoint   (agent.errors)
         ├── ModelUnavailable        connection refused, no such host
         │   └── ModelTimeout        no answer within the timeout
         ├── ModelRateLimited        HTTP 429 (carries retry_after)
@@ -50,7 +53,22 @@ class ImageError(InputError):
 
 
 class SourceError(InputError):
-    """An index SOURCE (folder or CSV) that cannot be used."""
+    """An input file or folder (index SOURCE, dataset, truth, predictions) that cannot be used."""
+
+
+class CoordinateError(InputError):
+    """A latitude / longitude pair that is not a usable point (see ``rag_store.coords``).
+
+    ``kind`` is ``bad coordinates`` or ``missing coordinates`` (blank, or exactly (0, 0)).
+    """
+
+    def __init__(self, message: str, kind: str = "bad coordinates"):
+        super().__init__(message)
+        self.kind = kind
+
+
+class OutputError(InputError):
+    """An output file (map, report, transcript, errors CSV) that cannot be written."""
 
 
 class ConfigError(InputError):
@@ -81,34 +99,6 @@ class GalleryNotFound(StoreError):
     """No collection of that name in the store."""
 
 
-class ModelError(GeoagentError):
-    """The vision-language model endpoint failed."""
-
-
-class ModelUnavailable(ModelError):
-    """Connection refused, DNS failure or timeout."""
-
-
-class ModelTimeout(ModelUnavailable):
-    """The endpoint did not answer within the request timeout (after retries)."""
-
-
-class ModelRateLimited(ModelError):
-    """HTTP 429; ``retry_after`` is the server's hint in seconds, when it gave one."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class ModelAuthError(ModelError):
-    """The endpoint refused the API key."""
-
-
-class ModelResponseError(ModelError):
-    """The endpoint answered, but with an error status or an unusable body."""
-
-
 def unknown_name(kind: str, name: str, available: Iterable[str]) -> ConfigError:
     """``ConfigError`` for an unknown name, with a suggestion and the choices."""
     choices = sorted(available)
@@ -119,6 +109,7 @@ def unknown_name(kind: str, name: str, available: Iterable[str]) -> ConfigError:
 
 __all__ = [
     "ConfigError",
+    "CoordinateError",
     "EncoderError",
     "EncoderMismatch",
     "EncoderUnavailable",
@@ -126,12 +117,7 @@ __all__ = [
     "GeoagentError",
     "ImageError",
     "InputError",
-    "ModelAuthError",
-    "ModelError",
-    "ModelRateLimited",
-    "ModelResponseError",
-    "ModelTimeout",
-    "ModelUnavailable",
+    "OutputError",
     "SourceError",
     "StoreError",
     "StoreUnavailable",

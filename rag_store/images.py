@@ -13,11 +13,22 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .coords import LatLon, check_latlon
 from .errors import ImageError
 
 # Refuse anything over 64 megapixels before decoding it: far above any real
 # benchmark photo, far below what would exhaust memory.
 MAX_PIXELS = 64_000_000
+# A photo is never more than this many times longer than wide (or the reverse): the long
+# side is centre-cropped. Encoders scale the SHORT side to ~256 px, so a 1x40000 PNG
+# (118 bytes) would otherwise become a 256 x 10,240,000 image (~10 GB) in preprocessing.
+# Their centre crop only ever sees the middle square, which the crop keeps; 8:1 still
+# keeps the whole of any real panorama sent to the model.
+MAX_ASPECT = 8.0
+# JPEGs are decoded at a reduced scale (1/2, 1/4, 1/8, in the DCT: no full-size buffer)
+# while both sides stay at least this long: far above what encoders (224-336 px) and the
+# model (max_side, 512 px by default) are given.
+DECODE_SIDE = 2048
 
 ImageInput = str | Path | bytes | Image.Image
 
@@ -79,7 +90,10 @@ def _to_rgb(im: Image.Image, name: str, max_pixels: int) -> Image.Image:
             f"refused as a decompression bomb: {name} is {w}x{h} px, over {max_pixels:,} pixels",
             "decompression bomb",
         )
+    if im.format == "JPEG":
+        im.draft("RGB", (DECODE_SIDE, DECODE_SIDE))
     im.load()  # decode now so that truncation is reported here, not later
+    im = bound_aspect(im)
     im = ImageOps.exif_transpose(im) or im
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit greyscale: scale to 8 bits instead of clipping everything to white.
@@ -97,14 +111,31 @@ def _to_rgb(im: Image.Image, name: str, max_pixels: int) -> Image.Image:
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
+def bound_aspect(im: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """``im`` with its long side centre-cropped to at most ``max_aspect`` times its short side."""
+    w, h = im.size
+    short = max(1, min(w, h))
+    longest = int(short * max_aspect)
+    if w > longest:
+        left = (w - longest) // 2
+        return im.crop((left, 0, left + longest, h))
+    if h > longest:
+        top = (h - longest) // 2
+        return im.crop((0, top, w, top + longest))
+    return im
+
+
 def _dms_to_degrees(dms, ref: str | None) -> float:
     d, m, s = (float(x) for x in dms)
     value = d + m / 60.0 + s / 3600.0
     return -value if ref in ("S", "W") else value
 
 
-def read_exif_gps(src: ImageInput) -> tuple[float, float] | None:
-    """(lat, lon) from the photo's EXIF GPS block, or None when it has none or it is invalid."""
+def read_exif_gps(src: ImageInput) -> LatLon | None:
+    """(lat, lon) from the photo's EXIF GPS block, or None when it has none or it is invalid.
+
+    Invalid includes exactly (0, 0): cameras without a fix write zeros (see ``rag_store.coords``).
+    """
     try:
         if isinstance(src, Image.Image):
             exif = src.getexif()
@@ -119,6 +150,5 @@ def read_exif_gps(src: ImageInput) -> tuple[float, float] | None:
         lon = _dms_to_degrees(gps[4], gps.get(3))
     except Exception:  # noqa: BLE001 - a broken EXIF block just means "no GPS"
         return None
-    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat != lat or lon != lon):
-        return None
-    return lat, lon
+    point, _ = check_latlon(lat, lon)
+    return point

@@ -10,7 +10,6 @@ the encoder, the slowest stage, is never left waiting.
 from __future__ import annotations
 
 import csv
-import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -20,17 +19,13 @@ from pathlib import Path
 
 import torch
 
+from .coords import check_latlon
 from .encoders import Encoder
 from .errors import ImageError, SourceError
 from .images import load_image, read_exif_gps
 from .store import Gallery
+from .tables import ID_COLUMNS, LAT_COLUMNS, LON_COLUMNS, PLACE_COLUMNS, read_csv
 
-# Column names accepted for each field (lower-cased): Im2GPS3k / YFCC4k use IMG_ID,LAT,LON;
-# MP-16 uses IMG_ID,AUTHOR,LAT,LON; OSV-5M uses id,latitude,longitude.
-ID_COLUMNS = ("img_id", "image_id", "id", "photo_id", "img", "image")
-LAT_COLUMNS = ("lat", "latitude", "gps_lat")
-LON_COLUMNS = ("lon", "lng", "long", "longitude", "gps_lon")
-PLACE_COLUMNS = ("country", "region", "city")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
@@ -78,77 +73,63 @@ class IndexSummary:
         return out
 
 
-def _pick(columns: list[str], names: tuple[str, ...]) -> str | None:
-    lower = {c.strip().lower(): c for c in columns}
-    return next((lower[n] for n in names if n in lower), None)
+def _resolve_image(images: Path, image_id: str) -> Path | Skip:
+    """The photo of ``image_id`` under ``images``, or a ``Skip`` when the id points outside it.
 
-
-def _coordinate(text: str | None, lo: float, hi: float) -> float | None:
-    try:
-        value = float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) and lo <= value <= hi else None
-
-
-def _resolve_image(images: Path, image_id: str) -> Path:
+    An id is a path relative to ``--images``: an absolute path, a ``..`` part, or a symlink
+    that resolves outside the folder would let a crafted CSV read any file on the machine.
+    """
+    parts = Path(image_id.replace("\\", "/")).parts
+    if Path(image_id).is_absolute() or image_id.startswith(("/", "\\")) or ".." in parts:
+        return Skip(image_id, "path outside --images", f"{image_id!r} is not a path inside --images")
     path = images / image_id
-    if path.suffix.lower() in IMAGE_SUFFIXES or path.exists():
-        return path
-    # OSV-5M and MP-16 ids carry no extension.
-    for suffix in (".jpg", ".jpeg", ".png"):
-        if (candidate := images / f"{image_id}{suffix}").exists():
-            return candidate
+    if path.suffix.lower() not in IMAGE_SUFFIXES and not path.exists():
+        # OSV-5M and MP-16 ids carry no extension.
+        for suffix in (".jpg", ".jpeg", ".png"):
+            if (candidate := images / f"{image_id}{suffix}").exists():
+                path = candidate
+                break
+    try:
+        inside = path.resolve().is_relative_to(images.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        return Skip(image_id, "path outside --images", f"{image_id!r} resolves outside --images (a symlink?)")
     return path
 
 
 def read_csv_source(csv_path: Path, images: Path | None) -> tuple[list[Record], list[Skip]]:
     """Records of a CSV with an id and lat/lon columns; invalid rows become ``Skip``s."""
+    table = read_csv(csv_path, "gallery source")  # first: a FIFO or a folder is refused unread
     if images is None:
         raise SourceError(f"{csv_path} is a CSV: pass the photo folder with --images DIR")
     if not images.is_dir():
         raise SourceError(f"--images {images} is not a folder")
-    try:
-        fh = csv_path.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise SourceError(f"cannot read {csv_path}: {exc.strerror or exc}") from exc
-    with fh:
-        reader = csv.DictReader(fh)
-        try:
-            columns = reader.fieldnames or []
-        except (csv.Error, UnicodeDecodeError) as exc:
-            # e.g. a photo or a non-UTF-8 file given as SOURCE
-            raise SourceError(f"{csv_path} is not a readable UTF-8 CSV: {exc}") from exc
-        id_col, lat_col, lon_col = (_pick(columns, n) for n in (ID_COLUMNS, LAT_COLUMNS, LON_COLUMNS))
-        if not (id_col and lat_col and lon_col):
-            raise SourceError(
-                f"{csv_path} needs an id, a latitude and a longitude column "
-                f"(e.g. IMG_ID,LAT,LON or id,latitude,longitude); it has: {', '.join(columns) or 'none'}"
-            )
-        place_cols = {c: col for c in PLACE_COLUMNS if (col := _pick(columns, (c,)))}
-        records, skips, seen = [], [], set()
-        try:
-            for row in reader:
-                image_id = (row.get(id_col) or "").strip()
-                if not image_id:
-                    skips.append(Skip(f"line {reader.line_num}", "missing id", "empty id"))
-                    continue
-                if image_id in seen:
-                    skips.append(Skip(image_id, "duplicate id", f"line {reader.line_num} repeats it"))
-                    continue
-                seen.add(image_id)
-                lat = _coordinate(row.get(lat_col), -90.0, 90.0)
-                lon = _coordinate(row.get(lon_col), -180.0, 180.0)
-                if lat is None or lon is None:
-                    skips.append(
-                        Skip(image_id, "bad coordinates",
-                             f"lat={row.get(lat_col)!r} lon={row.get(lon_col)!r} missing or out of range")
-                    )
-                    continue
-                places = tuple((c, row[place_cols[c]].strip()) for c in place_cols if row.get(place_cols[c]))
-                records.append(Record(image_id, _resolve_image(images, image_id), lat, lon, places))
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise SourceError(f"{csv_path} is not a readable CSV (line {reader.line_num}): {exc}") from exc
+    id_col = table.column(ID_COLUMNS, "id")
+    lat_col = table.column(LAT_COLUMNS, "latitude")
+    lon_col = table.column(LON_COLUMNS, "longitude")
+    place_cols = {c: col for c in PLACE_COLUMNS if (col := table.column((c,), c, required=False))}
+    records, skips, seen = [], [], set()
+    for row in table.rows():
+        image_id = row.get(id_col)
+        if not image_id:
+            skips.append(Skip(f"line {row.line}", "missing id", "empty id"))
+            continue
+        if image_id in seen:
+            skips.append(Skip(image_id, "duplicate id", f"line {row.line} repeats it"))
+            continue
+        point, reason = check_latlon(row.get(lat_col), row.get(lon_col))
+        if point is None:
+            # A bad row does not take its id: a later valid row with the same id is kept.
+            skips.append(Skip(image_id, "bad coordinates", f"line {row.line}: {reason}"))
+            continue
+        path = _resolve_image(images, image_id)
+        if isinstance(path, Skip):
+            skips.append(path)
+            continue
+        seen.add(image_id)
+        places = tuple((c, row.get(col)) for c, col in place_cols.items() if row.get(col))
+        records.append(Record(image_id, path, point.lat, point.lon, places))
     return records, skips
 
 

@@ -112,6 +112,14 @@ class Reply:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    # Hostile replies: ``raw`` is sent as the body as it is (status ``status``, ``content_type``),
+    # instead of a completion; ``trickle`` seconds pass between its bytes (a server that
+    # keeps the connection alive without ever finishing); ``hang`` seconds pass after the
+    # headers before anything else (a silent server).
+    raw: bytes | None = None
+    content_type: str = "application/json"
+    trickle: float = 0.0
+    hang: float = 0.0
 
     @property
     def is_error(self) -> bool:
@@ -379,7 +387,9 @@ class _Handler(BaseHTTPRequestHandler):
         owner._enter()
         try:
             owner._sleep(owner.delay + reply.delay)
-            if reply.is_error:
+            if reply.raw is not None:
+                self._send_raw(reply)
+            elif reply.is_error:
                 self._send(reply.status, reply.error_json(), {**extra_headers, **reply.headers})
             elif body.get("stream"):
                 self._stream(body, reply, reply.wire_tool_calls())
@@ -387,6 +397,27 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, _completion(body, reply, reply.wire_tool_calls()), reply.headers)
         finally:
             owner._leave()
+
+    def _send_raw(self, reply: Reply) -> None:
+        """The scripted bytes as the body, whole or trickled one byte at a time."""
+        owner = self.server.owner
+        head = [
+            f"HTTP/1.1 {reply.status} {_phrase(reply.status)}",
+            f"Content-Type: {reply.content_type}",
+            f"Content-Length: {len(reply.raw or b'')}",
+            f"x-request-id: req_{uuid.uuid4().hex}",
+        ] + [f"{k}: {v}" for k, v in reply.headers.items()]
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        self.wfile.flush()
+        owner._sleep(reply.hang)
+        if reply.trickle <= 0:
+            self.wfile.write(reply.raw or b"")
+            self.wfile.flush()
+            return
+        for i in range(len(reply.raw or b"")):
+            self.wfile.write((reply.raw or b"")[i : i + 1])
+            self.wfile.flush()
+            owner._sleep(reply.trickle)
 
     def do_PUT(self) -> None:
         self._not_found("PUT")
