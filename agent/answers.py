@@ -9,12 +9,14 @@ declined.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 
+from rag_store.coords import CoordinateError, to_latlon
+
 from .prediction import Candidate
+from .replies import fenced_block, find_json_object
 
 MAX_CANDIDATES = 5
 _REFUSAL = re.compile(
@@ -22,7 +24,6 @@ _REFUSAL = re.compile(
     r"unable to (?:determine|identify|help)|i won't|i will not|sorry)\b",
     re.IGNORECASE,
 )
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 class AnswerInvalid(ValueError):
@@ -41,21 +42,10 @@ class ParsedAnswer:
 
 
 def _first_json_object(text: str) -> dict:
-    fenced = _FENCE.search(text)
-    candidates = [fenced.group(1)] if fenced else []
-    candidates.append(text)
-    for chunk in candidates:
-        chunk = chunk.strip()
-        start = chunk.find("{")
-        while start != -1:
-            try:
-                obj, _ = json.JSONDecoder().raw_decode(chunk[start:])
-            except json.JSONDecodeError:
-                start = chunk.find("{", start + 1)
-                continue
-            if isinstance(obj, dict):
-                return obj
-            start = chunk.find("{", start + 1)
+    # A fenced ```json block first (models often add prose around it), then the whole text.
+    for chunk in (fenced_block(text), text):
+        if chunk and (obj := find_json_object(chunk)) is not None:
+            return obj
     raise AnswerInvalid("the reply holds no JSON object")
 
 
@@ -64,11 +54,16 @@ def _number(value: object, what: str, lo: float, hi: float) -> float:
         raise AnswerInvalid(f"{what} must be a number, got {value!r}")
     try:
         x = float(value)  # numbers given as strings are accepted
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise AnswerInvalid(f"{what} must be a number, got {value!r}") from None
     if not math.isfinite(x) or not lo <= x <= hi:
         raise AnswerInvalid(f"{what} must be within {lo:g}..{hi:g}, got {value!r}")
     return x
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _pick(obj: dict, *names: str) -> object:
@@ -95,12 +90,19 @@ def parse_answer(text: str, refusal: str | None = None) -> ParsedAnswer:
     if not raw:
         reason = str(obj.get("reasoning") or "no candidates given")
         raise AnswerRefused(reason[:300])
-    candidates = []
+    candidates, placeholders = [], []
     for i, item in enumerate(raw[:MAX_CANDIDATES]):
         if not isinstance(item, dict):
-            raise AnswerInvalid(f"candidate {i + 1} must be an object, got {item!r}")
-        lat = _number(_pick(item, "latitude", "lat"), f"candidate {i + 1} latitude", -90.0, 90.0)
-        lon = _number(_pick(item, "longitude", "lon", "lng"), f"candidate {i + 1} longitude", -180.0, 180.0)
+            raise AnswerInvalid(f"candidate {i + 1} must be an object, got {_short(item)}")
+        try:
+            lat, lon = to_latlon(_pick(item, "latitude", "lat"), _pick(item, "longitude", "lon", "lng"))
+        except CoordinateError as exc:
+            if exc.kind == "missing coordinates":
+                # (0, 0) or no coordinates: a placeholder, not a location. Dropped; if
+                # nothing else is left the model declined or failed (below), never "ok at (0, 0)".
+                placeholders.append(f"candidate {i + 1}: {exc}")
+                continue
+            raise AnswerInvalid(f"candidate {i + 1}: {exc}") from None
         conf_raw = _pick(item, "confidence", "probability")
         confidence = None
         if conf_raw is not None:
@@ -111,6 +113,11 @@ def parse_answer(text: str, refusal: str | None = None) -> ParsedAnswer:
         candidates.append(
             Candidate(lat, lon, place=str(place) if place is not None else "", confidence=confidence)
         )
+    if not candidates:
+        reason = "; ".join(placeholders)
+        if _REFUSAL.search(text) or _REFUSAL.search(str(obj.get("reasoning") or "")):
+            raise AnswerRefused(f"{str(obj.get('reasoning') or text).strip()[:300]}")
+        raise AnswerInvalid(f"no usable candidate ({reason}): give real coordinates of your best guess")
     clues = obj.get("clues") or []
     if isinstance(clues, str):
         clues = [clues]

@@ -1,30 +1,39 @@
 """The vision-language model provider: any OpenAI-compatible endpoint through LangChain's ChatOpenAI.
 
 This module owns all model I/O, like geopy's ``geocoders/base.py``: bounded
-concurrency, retries with backoff on 429 / 5xx / timeouts (the ``openai``
-client's own, which honours ``Retry-After``), a response cache, and the mapping
-of transport errors onto ``rag_store.errors``. The API key never appears in a
-message, a log line or a result.
+concurrency, a rate limit, retries with backoff on 429 / 5xx / timeouts (honouring
+``Retry-After``), an end-to-end deadline per attempt, a response cache, and the
+mapping of every failure onto ``agent.errors``. The chain (``complete``) and the chat
+session (``stream``) both call the endpoint through ``ModelClient``. Replies are read
+through ``agent.replies`` (bounded size, checked shape). The API key never appears in
+a message, a log line or a result.
+
+Deadlines: each attempt, from connecting to the last byte, must finish within
+``settings.timeout`` seconds (a streamed chat answer within ``STREAM_TIMEOUTS`` times
+that), so a server that trickles a byte at a time is dropped. With the defaults (30 s,
+3 retries) a silent server is given up after about two minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
+import random
 import sqlite3
 import ssl
-import sys
 import threading
 import time
 import weakref
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openai
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_openai import ChatOpenAI
 
 from .errors import (
@@ -36,7 +45,14 @@ from .errors import (
     ModelTimeout,
     ModelUnavailable,
 )
+from .replies import LimitedTransport, httpx
 from .settings import Settings
+
+# HTTP statuses worth another attempt (the openai client's own list).
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 8.0
+MAX_RETRY_AFTER_S = 60.0
+STREAM_TIMEOUTS = 4  # a streamed chat answer may take this many timeouts, end to end
 
 
 @dataclass
@@ -134,6 +150,11 @@ def _scrub(text: str, secret: str | None) -> str:
 def map_error(exc: Exception, base_url: str, api_key: str | None, timeout: float | None = None) -> ModelError:
     """The openai client's exceptions as geoagent's, naming the endpoint and never the key."""
     where = base_url or "the OpenAI API"
+    cause: BaseException | None = exc
+    while cause is not None:  # raised by agent.replies under the client library
+        if isinstance(cause, ModelError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
     if isinstance(exc, openai.RateLimitError):
         retry_after = None
         header = exc.response.headers.get("retry-after") if exc.response is not None else None
@@ -166,8 +187,7 @@ def _ssl_context() -> ssl.SSLContext | bool:
     paid that again. The same settings as the library's own default (``verify=True``),
     which is what is returned should the library offer no ``create_ssl_context``.
     """
-    library = sys.modules.get(openai.DefaultAsyncHttpxClient.__mro__[1].__module__.split(".")[0])
-    make = getattr(library, "create_ssl_context", None)
+    make = getattr(httpx, "create_ssl_context", None)
     return make() if make is not None else True
 
 
@@ -201,9 +221,17 @@ class ModelClient:
                 # Local servers (vLLM, Ollama, llama.cpp) need no key; the client insists on one.
                 api_key=self.settings.api_key or "not-needed",
                 timeout=self.settings.timeout,
-                max_retries=self.settings.max_retries,
+                max_retries=0,  # retried by ModelClient.attempts, each attempt under a deadline
                 http_async_client=openai.DefaultAsyncHttpxClient(
-                    timeout=self.settings.timeout, verify=_ssl_context()
+                    timeout=self.settings.timeout,
+                    transport=LimitedTransport(
+                        httpx.AsyncHTTPTransport(
+                            verify=_ssl_context(),
+                            # The openai client's own pool limits (a custom transport brings its own).
+                            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+                        ),
+                        self.where,
+                    ),
                 ),
             )
         return chat
@@ -235,17 +263,112 @@ class ModelClient:
             # calls the SDK's create() rather than parse(), whose client-side request transform
             # walks the body once per member of a params union (twice): ~0.5-1 ms CPU per call.
             kwargs["extra_body"] = {"response_format": {"type": "json_object"}}
-        async with self._semaphore():
-            if self._limiter:
-                await self._limiter.wait()
-            try:
-                message = await self.chat_model().ainvoke(messages, **kwargs)
-            except openai.OpenAIError as exc:
-                raise map_error(exc, self.base_url, self.settings.api_key, self.settings.timeout) from None
+        message = await self.attempts(lambda: self.chat_model().ainvoke(messages, **kwargs))
         reply = self._reply(message)
         if self.cache and reply.refusal is None:
             self.cache.put(key, reply)
         return reply
+
+    # -------------------------------------------------------------- attempts and deadlines
+
+    @property
+    def where(self) -> str:
+        return self.base_url or "the OpenAI API"
+
+    def _failure(self, exc: BaseException) -> tuple[ModelError, bool]:
+        """The geoagent error for a failed attempt, and whether another attempt may succeed."""
+        if isinstance(exc, TimeoutError):
+            return ModelTimeout(
+                f"{self.where} did not finish answering within {self.settings.timeout:g} s "
+                f"({self.settings.max_retries + 1} attempts)"
+            ), True
+        if isinstance(exc, openai.OpenAIError):
+            error = map_error(exc, self.base_url, self.settings.api_key, self.settings.timeout)
+            if isinstance(exc, openai.APIStatusError):
+                no_retry = exc.response is not None and exc.response.headers.get("x-should-retry") == "false"
+                return error, exc.status_code in RETRY_STATUSES and not no_retry
+            return error, isinstance(error, ModelUnavailable)
+        if isinstance(exc, ModelError):
+            return exc, isinstance(exc, ModelUnavailable | ModelRateLimited)
+        # Anything else the client library raised while reading the reply (KeyError,
+        # TypeError, a JSON error in a stream...): the reply was unusable.
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        return ModelResponseError(_scrub(f"{self.where} sent a reply that could not be read ({detail})", self.settings.api_key)), False
+
+    def _backoff(self, attempt: int, error: ModelError) -> float:
+        if isinstance(error, ModelRateLimited) and error.retry_after is not None:
+            return min(max(error.retry_after, 0.0), MAX_RETRY_AFTER_S)
+        return min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
+
+    async def attempts(self, call, timeout: float | None = None):
+        """``await call()`` under the concurrency and rate limits, each attempt bounded end to
+        end by ``timeout`` (default ``settings.timeout``), retried ``settings.max_retries`` times
+        when the failure may pass. Raises a ``ModelError`` and nothing else."""
+        deadline = timeout or self.settings.timeout
+        error: ModelError | None = None
+        for attempt in range(self.settings.max_retries + 1):
+            if attempt and error is not None:
+                await asyncio.sleep(self._backoff(attempt, error))
+            async with self._semaphore():
+                if self._limiter:
+                    await self._limiter.wait()
+                try:
+                    async with asyncio.timeout(deadline):
+                        return await call()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
+                    error, retry = self._failure(exc)
+            if not retry:
+                break
+        assert error is not None
+        raise error from None
+
+    async def stream(
+        self,
+        messages: list[BaseMessage],
+        *,
+        tools: Sequence[Any] = (),
+        tool_choice: str | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """Stream one answer (the chat session's), through the same limits and error mapping as
+        ``complete``. Raises a ``ModelError`` and nothing else; a stream that breaks after its
+        first chunk is not retried (its text is already shown)."""
+        t = self.settings.temperature if temperature is None else temperature
+        chat = self.chat_model()
+        model = chat.bind_tools(list(tools), tool_choice=tool_choice, temperature=t) if tools else chat.bind(temperature=t)
+        deadline = self.settings.timeout * STREAM_TIMEOUTS
+        loop = asyncio.get_running_loop()
+        holder: dict[str, Any] = {}
+
+        async def first() -> AIMessageChunk | None:
+            # Connecting and the first chunk are one attempt, retried like ``complete``.
+            holder["started"] = loop.time()
+            holder["it"] = model.astream(messages).__aiter__()
+            try:
+                return await holder["it"].__anext__()
+            except StopAsyncIteration:
+                return None
+
+        chunk = await self.attempts(first, deadline)
+        end = holder["started"] + deadline
+        it = holder["it"]
+        try:
+            while chunk is not None:
+                yield chunk
+                try:
+                    async with asyncio.timeout_at(end):
+                        chunk = await it.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a broken stream is one ModelError
+                    raise self._failure(exc)[0] from None
+        finally:
+            with contextlib.suppress(Exception):
+                await it.aclose()
 
     @staticmethod
     def _reply(message: AIMessage) -> ModelReply:

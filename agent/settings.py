@@ -37,8 +37,10 @@ class Settings:
     model: str | None = None
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
-    timeout: float = 60.0  # seconds per request
-    max_retries: int = 3  # on 429, 5xx and timeouts, with exponential backoff
+    # Seconds per attempt, connect to last byte; with 3 retries a silent server is given up
+    # after ~2 minutes (4 x 30 s + backoff). Streamed chat answers get 4x as long.
+    timeout: float = 30.0
+    max_retries: int = 3  # on 429, 5xx, timeouts and connection errors, with exponential backoff
     concurrency: int = 4  # requests in flight per agent
     rate_limit: float | None = None  # model requests per second, per endpoint; None = no limit
     # Retrieval.

@@ -146,7 +146,9 @@ def read_truth(path: str | Path) -> list[TruthRow]:
         if item_id in seen:
             raise InputError(f"{path}:{row.line}: id {item_id!r} appears twice in the truth")
         seen.add(item_id)
-        point, reason = check_latlon(row.get(lat_col), row.get(lon_col))
+        # A truth set is curated: (0, 0) there is a point (a photo in the Gulf of Guinea),
+        # unlike in answers, EXIF and gallery rows, where it stands for "no position".
+        point, reason = check_latlon(row.get(lat_col), row.get(lon_col), allow_null_island=True)
         if point is None:
             raise InputError(f"{path}:{row.line}: truth coordinates of {item_id!r} are unusable: {reason}")
         truth.append(TruthRow(item_id, point.lat, point.lon, **{k: row.get(c) or None if c else None for k, c in optional.items()}))

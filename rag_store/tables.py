@@ -87,7 +87,7 @@ def _check_file(path: Path, what: str) -> None:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise SourceError(f"{what} {path} does not exist") from None
+        raise SourceError(f"{what} file not found: {path}") from None
     except OSError as exc:
         raise SourceError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if stat.S_ISDIR(mode):

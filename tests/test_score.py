@@ -38,14 +38,16 @@ def test_recorded_gemini_file(sample_dir):
     result = score(sample_dir / "recorded_gemini-2.0-flash.csv", sample_dir / "im2gps3k-dev.csv", n_resamples=200)
     m = result.metrics
     assert m.n_items == 990
-    assert (result.n_rows, result.n_answered, result.n_failed, result.n_missing) == (962, 918, 44, 28)
+    # One row says success=True at exactly (0, 0): a placeholder, counted as failed, not answered.
+    assert (result.n_rows, result.n_answered, result.n_failed, result.n_missing) == (962, 917, 45, 28)
+    assert result.n_invalid == 1 and "515965057_daa4d4f3cb_219_77392231@N00.jpg" in result.invalid_rows[0]
     assert (result.n_extra, result.n_duplicates) == (0, 0)
     assert m.n_answered + m.n_failed + m.n_missing == 990
     # Accuracies are over all 990 photos: each is a whole number of photos out of 990.
     for t, acc in m.accuracy.items():
         hits = acc * 990 / 100
         assert hits == pytest.approx(round(hits), abs=1e-6), t
-        assert acc <= 100 * 918 / 990
+        assert acc <= 100 * 917 / 990
     assert m.accuracy[1] <= m.accuracy[25] <= m.accuracy[200] <= m.accuracy[750] <= m.accuracy[2500]
     assert 0 < m.geoscore < 5000
     # Country accuracy, like every accuracy, cannot exceed the answer rate (918 / 990).
