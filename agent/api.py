@@ -33,27 +33,36 @@ LocateInput = ImageInput  # str | Path | bytes | PIL.Image.Image; a str may be a
 
 
 def fetch_url(url: str, *, max_bytes: int, timeout: float) -> bytes:
-    """Download a photo, refusing other schemes, bodies over ``max_bytes`` and slow servers."""
-    import httpx
+    """Download a photo, refusing other schemes and bodies over ``max_bytes``.
 
+    The whole download, from connecting to the last byte, must finish within ``timeout``
+    seconds: a server that trickles a byte at a time is dropped when the time is up.
+    """
     scheme = urlparse(url).scheme.lower()
     if scheme not in ("http", "https"):
         raise ImageError(f"unsupported URL scheme {scheme!r} in {url}: only http and https", "bad url")
+    return _run(_download(url, max_bytes, timeout))
+
+
+async def _download(url: str, max_bytes: int, timeout: float) -> bytes:
+    import httpx
+
     try:
-        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise ImageError(f"{url} answered HTTP {response.status_code}", "bad url")
-            declared = int(response.headers.get("content-length") or 0)
-            if declared > max_bytes:
-                raise ImageError(f"{url} is {declared:,} bytes, over the {max_bytes:,} limit", "too large")
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise ImageError(f"{url} is over the {max_bytes:,}-byte limit", "too large")
-            return bytes(body)
-    except httpx.TimeoutException as exc:
-        raise ImageError(f"{url} did not answer within {timeout:g} s", "bad url") from exc
+        async with asyncio.timeout(timeout), httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
+            async with client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise ImageError(f"{url} answered HTTP {response.status_code}", "bad url")
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise ImageError(f"{url} is {int(declared):,} bytes, over the {max_bytes:,} limit", "too large")
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise ImageError(f"{url} is over the {max_bytes:,}-byte limit", "too large")
+                return bytes(body)
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        raise ImageError(f"{url} did not finish downloading within {timeout:g} s", "bad url") from exc
     except httpx.HTTPError as exc:
         raise ImageError(f"cannot download {url}: {exc}", "bad url") from exc
 
@@ -82,10 +91,14 @@ class GeoAgent:
             settings = Settings.load(config, **overrides)
         elif overrides:
             settings = settings.replace(**overrides)
-        client = open_client(settings.store, settings.chroma_url)
+        # Locating only reads: a missing store directory is no gallery, and is not created.
+        try:
+            client = open_client(settings.store, settings.chroma_url, create=False)
+        except GalleryNotFound:
+            client = None
         gallery = None
         try:
-            gallery = Gallery.open(client, settings.collection)
+            gallery = Gallery.open(client, settings.collection) if client is not None else None
         except GalleryNotFound:
             gallery = None
         encoder_name = gallery.encoder_name if gallery else settings.encoder
@@ -97,7 +110,7 @@ class GeoAgent:
                     f"{encoder.name!r}: drop --encoder or use another --collection"
                 )
         gps_gallery = None
-        if settings.use_gps_gallery and encoder_name and encoder_name.startswith("geoclip"):
+        if client is not None and settings.use_gps_gallery and encoder_name and encoder_name.startswith("geoclip"):
             try:
                 gps_gallery = GpsGallery.open(client, settings.gps_collection)
             except GalleryNotFound:

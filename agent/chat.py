@@ -43,6 +43,7 @@ from rich.text import Text
 
 from rag_store.errors import GeoagentError, InputError
 from rag_store.images import read_exif_gps
+from rag_store.outputs import write_output
 from rag_store.store import Neighbour, Retrieval
 
 from . import geo
@@ -349,12 +350,7 @@ class ChatSession:
     def cmd_save(self, arg: str) -> None:
         if not arg:
             raise InputError("usage: /save FILE.json")
-        path = Path(arg).expanduser()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.transcript(), ensure_ascii=False, indent=2), encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        path = write_output(arg, json.dumps(self.transcript(), ensure_ascii=False, indent=2), what="transcript")
         self.say(f"transcript saved to {path} ({len(self.entries)} messages, {len(self.predictions)} predictions)")
 
     def cmd_reset(self, arg: str) -> None:

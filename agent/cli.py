@@ -76,7 +76,7 @@ def index(
     collection: CollectionOpt = "gallery",
     encoder: Annotated[str, typer.Option("--encoder", help="efficientnet-lite0 | clip[:ID|DIR] | streetclip | geoclip[:ID|DIR]")] = "efficientnet-lite0",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 32,
-    errors: Annotated[Path | None, typer.Option("--errors", help="Where to write skipped entries (CSV). Default: <collection>-index-errors.csv")] = None,
+    errors: Annotated[Path | None, typer.Option("--errors", help="Where to write skipped entries (CSV). Default: <collection>-index-errors.csv in the store folder (the user data dir with --chroma-url)")] = None,
     gps_gallery: Annotated[bool, typer.Option("--gps-gallery", help="Also embed GeoCLIP's 100K GPS gallery into the store (once).")] = False,
 ) -> None:
     """Build or extend a gallery: embed every photo not yet stored."""
@@ -84,6 +84,7 @@ def index(
         Gallery,
         build_gps_gallery,
         create_encoder,
+        default_store_dir,
         index_source,
         open_client,
         read_source,
@@ -106,7 +107,7 @@ def index(
                 enc,
                 images=images,
                 batch_size=batch_size,
-                errors_file=errors or Path(f"{collection}-index-errors.csv"),
+                errors_file=errors or (default_store_dir() if chroma_url or not store else store.expanduser()) / f"{collection}-index-errors.csv",
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 prepared=prepared,
             )
@@ -126,7 +127,7 @@ def galleries(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
     """List the galleries in a store."""
     from rag_store import list_galleries, open_client
 
-    rows = list_galleries(open_client(store, chroma_url))
+    rows = list_galleries(open_client(store, chroma_url, create=False))
     if not rows:
         out.print("no galleries: build one with `geoagent index SOURCE`")
     for row in rows:

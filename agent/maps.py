@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from rag_store.outputs import write_output
+
 from .prediction import Prediction
 
 ORIGIN_COLOURS = {"llm": "blue", "gps-gallery": "purple", "neighbours": "gray", "exif": "green"}
@@ -34,7 +36,4 @@ def write_map(predictions: Sequence[Prediction], path: str | Path) -> Path:
                 tooltip=f"{p.image}: {p.place} ({p.latitude:.4f}, {p.longitude:.4f})",
                 icon=folium.Icon(color="red"),
             ).add_to(fmap)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmap.save(str(path))
-    return path
+    return write_output(path, fmap.get_root().render(), what="map")

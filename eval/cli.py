@@ -77,13 +77,9 @@ def report_command(
 
 
 def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        from rag_store.errors import InputError
+    from rag_store.outputs import write_output
 
-        raise InputError(f"cannot write {path}: {exc.strerror}") from None
+    write_output(path, text)
 
 
 @eval_app.command("run")

@@ -29,6 +29,7 @@ from eval.anchors import Anchor, anchors_for, canonical_dataset
 from eval.metrics import THRESHOLDS_KM, Metrics, ScoredItem, compute_metrics, distances_km
 from eval.records import RESULTS_FILE, items_by_config, read_results, read_run_info
 from rag_store.errors import InputError
+from rag_store.outputs import write_output
 
 TEST_SET_SIZES = {"im2gps3k": 2997, "yfcc4k": 4536}
 MAP_LINES = 300  # truth -> prediction lines drawn per map (a fixed-seed sample)
@@ -285,12 +286,11 @@ def build_report(
         background = _background()
         for k, (name, its) in enumerate(items.items()):
             figures_png[f"map_{k + 1}"] = map_figure(name, its, background)
-    files_dir = run_dir / "report_files"
-    files_dir.mkdir(exist_ok=True)
+    files_dir = run_dir / "report_files"  # created by write_output
     figure_paths = {}
     for key, png in figures_png.items():
         figure_paths[key] = files_dir / f"{key}.png"
-        figure_paths[key].write_bytes(png)
+        write_output(figure_paths[key], png, what="report figure")
 
     header, rows, citations = comparison_rows(metrics, anchors, subset, dataset)
     ci_header, ci_body = ci_rows(metrics)
@@ -317,7 +317,7 @@ def build_report(
     for k, p in figure_paths.items():
         md += [f"![{titles[k]}](report_files/{p.name})", ""]
     md_path = run_dir / "report.md"
-    md_path.write_text("\n".join(md), encoding="utf-8")
+    write_output(md_path, "\n".join(md), what="report")
 
     images = "".join(
         f'<h3>{html.escape(titles[k])}</h3><img alt="{html.escape(titles[k])}" '
@@ -337,7 +337,7 @@ def build_report(
         + f"<h2>Figures</h2>{images}</body></html>"
     )
     html_path = run_dir / "report.html"
-    html_path.write_text(page, encoding="utf-8")
+    write_output(html_path, page, what="report")
     return Report(run_dir, dataset, metrics, anchors, md_path, html_path, figure_paths, superseded)
 
 

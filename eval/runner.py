@@ -26,11 +26,12 @@ from agent.api import GeoAgent
 from agent.errors import (
     ConfigError,
     GeoagentError,
-    ImageError,
     ModelAuthError,
+    ModelTimeout,
     ModelUnavailable,
 )
 from agent.settings import Settings
+from rag_store.outputs import write_output
 
 from .datasets import Dataset, Sample
 from .metrics import Metrics, compute_metrics
@@ -99,7 +100,6 @@ def prepare_run_dir(spec: RunSpec, resume: bool) -> set[tuple[str, str]]:
         return _done(results)
     if results.is_file() and results.stat().st_size > 0:
         raise ConfigError(f"{run_dir} already holds results: pass --resume to continue it, or use another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "identity": identity,
         "dataset": spec.dataset.name,
@@ -109,9 +109,7 @@ def prepare_run_dir(spec: RunSpec, resume: bool) -> set[tuple[str, str]]:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **spec.extra,
     }
-    tmp = info.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, info)
+    write_output(info, json.dumps(meta, indent=2, default=str) + "\n", what="run file")
     return set()
 
 
@@ -156,10 +154,16 @@ async def run_async(spec: RunSpec, *, resume: bool = False, progress: Progress |
                 prediction = await agents[system.name].alocate(sample.image)
                 output = prediction.to_dict()
                 error = prediction.error
+            except ModelTimeout as exc:  # this item's calls timed out: its record says so
+                error = f"{type(exc).__name__}: {exc}"
             except (ModelAuthError, ModelUnavailable):
                 raise  # the endpoint is unusable: stop; --resume continues once it is fixed
-            except (ImageError, GeoagentError) as exc:
+            except asyncio.CancelledError:
+                raise
+            except GeoagentError as exc:
                 error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - one item's failure, whatever it is, ends only that item
+                error = f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             record = make_record(
                 system.name, sample.id, sample.target(), output, input=str(sample.image),
                 timings={"total_s": round(time.perf_counter() - started, 4)}, error=error,
@@ -182,6 +186,16 @@ async def run_async(spec: RunSpec, *, resume: bool = False, progress: Progress |
         tasks = [asyncio.ensure_future(one(system, sample)) for system, sample in todo]
         try:
             await asyncio.gather(*tasks)
+        except (ModelAuthError, ModelUnavailable) as exc:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # A configuration failure: every item would fail the same way. Say how to go on.
+            raise type(exc)(
+                f"{exc}. The run stopped after {running['done']} of {total} items (all kept in "
+                f"{spec.run_dir / RESULTS_FILE}); fix it, then continue with the same command "
+                f"plus --resume --run-dir {spec.run_dir}"
+            ) from None
         except BaseException:
             for t in tasks:
                 t.cancel()

@@ -9,6 +9,7 @@ the encoder, the slowest stage, is never left waiting.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import time
 from collections import Counter, deque
@@ -21,8 +22,9 @@ import torch
 
 from .coords import check_latlon
 from .encoders import Encoder
-from .errors import ImageError, SourceError
+from .errors import ImageError, OutputError, SourceError
 from .images import load_image, read_exif_gps
+from .outputs import open_output
 from .store import Gallery
 from .tables import ID_COLUMNS, LAT_COLUMNS, LON_COLUMNS, PLACE_COLUMNS, read_csv
 
@@ -195,22 +197,29 @@ def index_source(
 
     errors_path = Path(errors_file) if errors_file else None
     errors: dict = {}  # the errors file is opened at the first skip, not before
+    outputs = contextlib.ExitStack()
 
     def skip(s: Skip) -> None:
         summary.skipped[s.kind] += 1
         if errors_path is None:
             return
         if not errors:
-            errors_path.parent.mkdir(parents=True, exist_ok=True)
-            errors["fh"] = errors_path.open("w", newline="", encoding="utf-8")
+            errors["fh"] = outputs.enter_context(open_output(errors_path, what="errors file", newline=""))
             errors["csv"] = csv.writer(errors["fh"])
             errors["csv"].writerow(["image_id", "reason", "detail"])
             summary.errors_file = errors_path
-        errors["csv"].writerow([s.image_id, s.kind, s.detail])
-        errors["fh"].flush()
+        try:
+            errors["csv"].writerow([s.image_id, s.kind, s.detail])
+            errors["fh"].flush()
+        except OSError as exc:  # e.g. the disk filled up
+            raise OutputError(f"cannot write errors file {errors_path}: {exc.strerror or exc}") from None
 
-    for s in skips:
-        skip(s)
+    try:
+        for s in skips:
+            skip(s)
+    except BaseException:
+        outputs.close()
+        raise
     done = 0
     if progress:
         progress(0, len(todo))
@@ -260,7 +269,6 @@ def index_source(
             if pending_write is not None:
                 pending_write.result()
     finally:
-        if errors:
-            errors["fh"].close()
+        outputs.close()
     summary.seconds = time.perf_counter() - started
     return summary

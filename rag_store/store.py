@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from .coords import check_latlon
 from .errors import (
     ConfigError,
     EncoderMismatch,
@@ -51,8 +52,12 @@ def default_store_dir() -> Path:
     return Path(user_data_dir("geoagent")) / "store"
 
 
-def open_client(store: str | Path | None = None, chroma_url: str | None = None):
-    """A Chroma client: a server at ``chroma_url``, else an embedded store in ``store``."""
+def open_client(store: str | Path | None = None, chroma_url: str | None = None, *, create: bool = True):
+    """A Chroma client: a server at ``chroma_url``, else an embedded store in ``store``.
+
+    With ``create=False`` (commands that only read: ``locate``, ``galleries``, ``chat``) a
+    store directory that does not exist is ``GalleryNotFound``, and nothing is created.
+    """
     import chromadb
     from chromadb.config import Settings
 
@@ -82,6 +87,8 @@ def open_client(store: str | Path | None = None, chroma_url: str | None = None):
     path = Path(store).expanduser() if store else default_store_dir()
     if path.exists() and not path.is_dir():
         raise StoreUnavailable(f"--store {path} exists and is not a directory")
+    if not create and not path.exists():
+        raise GalleryNotFound(f"no store at {path}: build a gallery with `geoagent index SOURCE`")
     try:
         path.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(path), settings=settings)
@@ -166,11 +173,11 @@ class Gallery:
             return cls(collection, encoder_name, int(dim))
         collection = client.get_collection(name, embedding_function=None)
         meta = collection.metadata or {}
-        built_by, built_dim = meta.get("encoder"), meta.get("dim")
-        if built_by is None or built_dim is None:
+        built_by, built_dim = meta.get("encoder"), _dimension(meta.get("dim"))
+        if not isinstance(built_by, str) or built_dim is None:
             raise StoreError(
-                f"collection {name!r} was not made by geoagent (no encoder recorded); "
-                f"use another --collection"
+                f"collection {name!r} was not made by geoagent, or its metadata is damaged "
+                f"(encoder {meta.get('encoder')!r}, dim {meta.get('dim')!r}); use another --collection"
             )
         if encoder_name is not None and (
             built_by != encoder_name or (dim is not None and int(built_dim) != int(dim))
@@ -253,11 +260,14 @@ class Gallery:
         for id_, meta, dist in list(zip(*found, strict=True))[:n]:
             # Chroma's cosine distance is 1 - cos(x, query); for the negated query cos flips sign.
             similarity = sign * (1.0 - float(dist))
+            point, _ = check_latlon((meta or {}).get("lat"), (meta or {}).get("lon"))
+            if point is None:
+                continue  # an entry whose stored position was damaged is no evidence
             out.append(
                 Neighbour(
                     image_id=str(meta.get("image_id", id_)),
-                    lat=float(meta["lat"]),
-                    lon=float(meta["lon"]),
+                    lat=point.lat,
+                    lon=point.lon,
                     similarity=similarity,
                     source=str(meta.get("source", "")),
                 )
@@ -281,6 +291,21 @@ class Gallery:
         return ids, matrix, metas
 
 
+def _dimension(value: object) -> int | None:
+    """A collection's recorded ``dim``, or None when it is not a positive whole number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        dim = value
+    elif isinstance(value, float) and value.is_integer():
+        dim = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        dim = int(value.strip())
+    else:
+        return None
+    return dim if dim > 0 else None
+
+
 def list_galleries(client) -> list[dict]:
     """Name, encoder, dimension and size of every geoagent collection in a store."""
     out = []
@@ -292,7 +317,7 @@ def list_galleries(client) -> list[dict]:
                 {
                     "name": col.name,
                     "encoder": meta["encoder"],
-                    "dim": meta.get("dim"),
+                    "dim": _dimension(meta.get("dim")) or "?",
                     "kind": meta.get("kind", "images"),
                     "count": col.count(),
                 }

@@ -25,7 +25,7 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
-    # `geoagent index` writes <collection>-index-errors.csv into the working directory by default.
+    # Run from a temporary folder: nothing may land in the working directory by default.
     monkeypatch.chdir(tmp_path)
 
 
@@ -229,9 +229,11 @@ def test_default_errors_file_is_per_collection(bad_source, tmp_path):
     csv_path, images, _ = bad_source
     result = geoagent("index", csv_path, "--images", images, "--store", tmp_path / "store", "--collection", "my-gallery")
     assert result.exit_code == 0, result.output
-    errors = tmp_path / "my-gallery-index-errors.csv"
+    # Beside the gallery, in the store folder, not in the working directory.
+    errors = tmp_path / "store" / "my-gallery-index-errors.csv"
     assert len(read_errors(errors)) == len(SKIPPED) + 1
     assert str(errors.name) in flat(result.stdout)
+    assert not (tmp_path / "my-gallery-index-errors.csv").exists()
 
 
 # ------------------------------------------------------------------ wrong SOURCE
