@@ -48,19 +48,22 @@ async def _download(url: str, max_bytes: int, timeout: float) -> bytes:
     import httpx
 
     try:
-        async with asyncio.timeout(timeout), httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise ImageError(f"{url} answered HTTP {response.status_code}", "bad url")
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
-                    raise ImageError(f"{url} is {int(declared):,} bytes, over the {max_bytes:,} limit", "too large")
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > max_bytes:
-                        raise ImageError(f"{url} is over the {max_bytes:,}-byte limit", "too large")
-                return bytes(body)
+        async with (
+            asyncio.timeout(timeout),
+            httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise ImageError(f"{url} answered HTTP {response.status_code}", "bad url")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise ImageError(f"{url} is {int(declared):,} bytes, over the {max_bytes:,} limit", "too large")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ImageError(f"{url} is over the {max_bytes:,}-byte limit", "too large")
+            return bytes(body)
     except (TimeoutError, httpx.TimeoutException) as exc:
         raise ImageError(f"{url} did not finish downloading within {timeout:g} s", "bad url") from exc
     except httpx.HTTPError as exc:
