@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import openai
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -49,7 +48,8 @@ from rag_store.store import Neighbour, Retrieval
 from . import geo
 from .api import GeoAgent
 from .chain import image_data_url
-from .llm import map_error
+from .errors import ModelError
+from .llm import ModelClient
 from .prediction import Prediction
 
 MAX_TOOL_ROUNDS = 5  # model turns that may call tools before it must answer in text
@@ -457,12 +457,12 @@ class ChatSession:
 
     # -------------------------------------------------------------- the model
 
-    def model(self) -> Any:
-        """The agent's chat model for this loop: same endpoint, key, timeout and retries as ``locate``."""
+    def model(self) -> ModelClient:
+        """The agent's model client: the same endpoint, limits, deadlines and error mapping as ``locate``."""
         client = self.agent.resources.model
         if client is None:
             raise InputError("no model configured")
-        return client.chat_model()
+        return client
 
     def messages(self, turn: list[BaseMessage]) -> list[BaseMessage]:
         """System (with the current prediction), the photo, the conversation, this turn."""
@@ -491,10 +491,12 @@ class ChatSession:
         self._partial = ""
         try:
             self.runner.run(self._answer(turn))
-        except openai.OpenAIError as exc:
+        except ModelError as exc:
+            # One line, and the session goes on; text already streamed is kept in the transcript.
             self._end_line()
-            s = self.settings
-            self.error(f"model error: {map_error(exc, s.base_url or '', s.api_key, s.timeout)}")
+            if self._partial:
+                self.entries.append(Entry("assistant", self._partial.rstrip("\n"), extra={"incomplete": True}))
+            self.error(f"model error: {exc}")
             return
         except KeyboardInterrupt:
             self._end_line()
@@ -515,13 +517,12 @@ class ChatSession:
 
     async def _answer(self, turn: list[BaseMessage]) -> None:
         """Stream model turns, running tool calls between them, up to ``MAX_TOOL_ROUNDS``."""
-        t = self.settings.temperature
-        tools = self.model().bind_tools(self.tools, temperature=t)
-        last = self.model().bind_tools(self.tools, tool_choice="none", temperature=t)  # must answer in text
+        client = self.model()
         for round_ in range(MAX_TOOL_ROUNDS + 1):
-            model = tools if round_ < MAX_TOOL_ROUNDS else last
+            # The last round must answer in text.
+            choice = None if round_ < MAX_TOOL_ROUNDS else "none"
             gathered: AIMessageChunk | None = None
-            async for chunk in model.astream(self.messages(turn)):
+            async for chunk in client.stream(self.messages(turn), tools=self.tools, tool_choice=choice):
                 gathered = chunk if gathered is None else gathered + chunk
                 if piece := _text(chunk):
                     self._write(piece)

@@ -90,11 +90,14 @@ def index(
         read_source,
     )
     from rag_store.errors import SourceError
+    from rag_store.outputs import check_writable
 
     if source is None and not gps_gallery:
         raise SourceError("give a SOURCE to index, or --gps-gallery")
     # Read SOURCE and load the encoder before touching the store: a bad SOURCE creates nothing.
     prepared = read_source(source, images) if source is not None else None
+    errors_file = errors or (default_store_dir() if chroma_url or not store else store.expanduser()) / f"{collection}-index-errors.csv"
+    check_writable(errors_file, what="errors file")
     enc = create_encoder(encoder) if source is not None else None
     client = open_client(store, chroma_url)
     if source is not None and enc is not None:
@@ -107,7 +110,7 @@ def index(
                 enc,
                 images=images,
                 batch_size=batch_size,
-                errors_file=errors or (default_store_dir() if chroma_url or not store else store.expanduser()) / f"{collection}-index-errors.csv",
+                errors_file=errors_file,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 prepared=prepared,
             )
@@ -200,6 +203,10 @@ def locate(
     """Locate photos: coordinates, place, confidence, candidates and clues."""
     import json as _json
 
+    if map_file:
+        from rag_store.outputs import check_writable
+
+        check_writable(map_file, what="map")  # before any model call is paid for
     agent = build_agent(
         config, model=model, base_url=base_url, store=str(store) if store else None,
         chroma_url=chroma_url, collection=collection, k=k, ignore_exif=ignore_exif or None,

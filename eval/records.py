@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.metrics import STATUSES, ScoredItem
+from rag_store.coords import check_latlon
 from rag_store.errors import InputError
 
 RESULTS_FILE = "results.jsonl"
@@ -101,6 +102,12 @@ def _check_record(record: Any, where: str) -> None:
     target = record["target"]
     if not isinstance(target, dict) or "lat" not in target or "lon" not in target:
         raise InputError(f"{where}: 'target' must be an object with 'lat' and 'lon'")
+    _, reason = check_latlon(target["lat"], target["lon"], allow_null_island=True)  # truth: see eval.score
+    if reason:
+        raise InputError(f"{where}: target {reason}")
+    output = record.get("output")
+    if output is not None and not isinstance(output, dict):
+        raise InputError(f"{where}: 'output' must be an object or null")
     status = record.get("status")
     if status is not None and status not in STATUSES:
         raise InputError(f"{where}: unknown status {status!r} (one of {', '.join(STATUSES)})")
@@ -113,7 +120,11 @@ def record_to_item(record: dict[str, Any]) -> ScoredItem:
     status = record.get("status") or (output.get("status") if output else "error")
     pred_lat = pred_lon = None
     if output and output.get("latitude") is not None and output.get("longitude") is not None:
-        pred_lat, pred_lon = float(output["latitude"]), float(output["longitude"])
+        # An answer that is not a usable point (text, NaN, (0, 0)) is no answer: metrics
+        # count an ok status without coordinates as unparseable.
+        point, _ = check_latlon(output["latitude"], output["longitude"])
+        if point is not None:
+            pred_lat, pred_lon = point
     timings = record.get("timings") or {}
     latency = timings.get("total_s")
     if latency is None and output:
@@ -129,11 +140,20 @@ def record_to_item(record: dict[str, Any]) -> ScoredItem:
         truth_region=target.get("region"),
         truth_city=target.get("city"),
         model=output.get("model") if output else None,
-        llm_calls=int(output.get("llm_calls", 0)) if output else 0,
-        prompt_tokens=int(output.get("prompt_tokens", 0)) if output else 0,
-        completion_tokens=int(output.get("completion_tokens", 0)) if output else 0,
-        latency_s=float(latency) if latency is not None and math.isfinite(float(latency)) else None,
+        llm_calls=_number(output.get("llm_calls"), int) or 0 if output else 0,
+        prompt_tokens=_number(output.get("prompt_tokens"), int) or 0 if output else 0,
+        completion_tokens=_number(output.get("completion_tokens"), int) or 0 if output else 0,
+        latency_s=_number(latency, float),
     )
+
+
+def _number(value: Any, kind: type) -> Any:
+    """``kind(value)`` for a finite number, else None: a damaged count is not a crash."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return kind(x) if math.isfinite(x) and not isinstance(value, bool) else None
 
 
 def items_by_config(records: Iterable[dict[str, Any]]) -> tuple[dict[str, list[ScoredItem]], dict[str, int]]:

@@ -49,6 +49,29 @@ def write_output(path: str | Path, data: str | bytes, *, what: str = "file") -> 
     return path
 
 
+def check_writable(path: str | Path, *, what: str = "file") -> Path:
+    """Refuse, before any work is done, an output path that could not be created.
+
+    Creates nothing: the nearest existing ancestor must be a writable folder, and the
+    path itself, when it exists, a writable file.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"cannot write {what} {path}: it is a folder")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise OutputError(f"cannot write {what} {path}: permission denied")
+        return path
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {what} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {what} {path}: permission denied in {parent}")
+    return path
+
+
 @contextlib.contextmanager
 def open_output(path: str | Path, *, what: str = "file", newline: str | None = None) -> Iterator[IO[str]]:
     """A text file opened for writing (parents created); ``OutputError`` when it cannot be.
@@ -69,4 +92,4 @@ def open_output(path: str | Path, *, what: str = "file", newline: str | None = N
         raise _fail(path, what, exc) from None
 
 
-__all__ = ["open_output", "write_output"]
+__all__ = ["check_writable", "open_output", "write_output"]

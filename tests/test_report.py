@@ -7,23 +7,12 @@ import json
 import re
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from eval.cli import eval_app
+from agent.cli import app  # the real `geoagent` command, with `eval` mounted as users get it
 from eval.records import items_by_config, make_record, read_results
 from eval.report import build_report
 from rag_store.errors import InputError
-
-app = typer.Typer()
-
-
-@app.callback()
-def _root() -> None:
-    """geoagent"""
-
-
-app.add_typer(eval_app, name="eval")
 
 TRUTH = {
     "p1": (48.8566, 2.3522),  # Paris

@@ -6,23 +6,12 @@ import json
 import math
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from eval.cli import eval_app
+from agent.cli import app  # the real `geoagent` command, with `eval` mounted as users get it
 from eval.score import score
 from rag_store.errors import InputError
 
-# A tiny app mounting eval_app the way agent/cli.py does.
-app = typer.Typer()
-
-
-@app.callback()
-def _root() -> None:
-    """geoagent"""
-
-
-app.add_typer(eval_app, name="eval")
 runner = CliRunner()
 
 TRUTH = "IMG_ID,LAT,LON\na.jpg,48.8566,2.3522\nb.jpg,0,0\nc.jpg,-33.8688,151.2093\nd.jpg,40.7128,-74.006\n"
