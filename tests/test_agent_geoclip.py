@@ -22,9 +22,17 @@ from rag_store import (
     load_image,
     open_client,
 )
-from rag_store.gps_gallery import location_similarity
+from rag_store.geoclip import load_location_encoder
 from tests.imagegen import tiny_clip_dir
 from tests.openai_server import OpenAIServer
+
+
+def cosine(image_embedding: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """G3's check computed here from the two GeoCLIP encoders' outputs, not by the chain's code."""
+    locations = np.asarray(load_location_encoder().embed(coords), dtype=np.float64)
+    locations /= np.linalg.norm(locations, axis=1, keepdims=True)
+    image = np.asarray(image_embedding, dtype=np.float64).reshape(-1)
+    return locations @ (image / np.linalg.norm(image))
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +60,7 @@ def test_retrieval_only_uses_gps_gallery_and_geoclip_verification(geoclip_store)
     # Each score is the cosine between the photo's GeoCLIP embedding and the candidate's location.
     emb = encoder.embed([load_image(photo)])[0]
     coords = np.array([(c.latitude, c.longitude) for c in p.candidates])
-    expected = location_similarity(emb, coords)
-    assert np.allclose([c.score for c in p.candidates], expected, atol=1e-4)
+    assert np.allclose([c.score for c in p.candidates], cosine(emb, coords), atol=1e-4)
     assert [c.score for c in p.candidates] == sorted((c.score for c in p.candidates), reverse=True)
     assert (p.latitude, p.longitude) == (p.candidates[0].latitude, p.candidates[0].longitude)
 
@@ -62,8 +69,7 @@ def test_g3_verification_picks_the_model_candidate_geoclip_prefers(geoclip_store
     store, encoder, photo = geoclip_store
     emb = encoder.embed([load_image(photo)])[0]
     options = [(48.8566, 2.3522), (-33.8688, 151.2093), (-1.2921, 36.8219), (40.7128, -74.006)]
-    sims = location_similarity(emb, np.array(options))
-    best = options[int(np.argmax(sims))]
+    best = options[int(np.argmax(cosine(emb, np.array(options))))]
     answer = json.dumps({"clues": [], "reasoning": "", "candidates": [
         {"latitude": lat, "longitude": lon, "place": f"option {i}", "confidence": 0.5} for i, (lat, lon) in enumerate(options)
     ]})

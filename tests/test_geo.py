@@ -9,7 +9,6 @@ import pytest
 
 from agent.geo import (
     EARTH_RADIUS_KM,
-    OPEN_WATER_KM,
     Place,
     country_name,
     geocode,
@@ -82,7 +81,10 @@ def test_reverse_geocode_open_water_and_coast():
     assert channel.country_code == "FR" and not channel.open_water
     # Uluru is ~340 km from Alice Springs, the nearest place of 1000+ people: still land.
     assert uluru.country_code == "AU"
-    assert OPEN_WATER_KM > 340
+    # The mid-Atlantic (990 km from the Azores) and the Tasman Sea (870 km from New Zealand)
+    # are farther than OPEN_WATER_KM from any town: open water.
+    atlantic, tasman = reverse_geocode([(40.0, -40.0), (-40.0, 160.0)])
+    assert atlantic.open_water and tasman.open_water
 
 
 def test_reverse_geocode_finds_places_across_the_date_line():
