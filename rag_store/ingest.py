@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -80,24 +81,40 @@ def _resolve_image(images: Path, image_id: str) -> Path | Skip:
 
     An id is a path relative to ``--images``: an absolute path, a ``..`` part, or a symlink
     that resolves outside the folder would let a crafted CSV read any file on the machine.
+    (String operations, not pathlib: this runs once per row, 4.7M times for MP-16.)
     """
-    parts = Path(image_id.replace("\\", "/")).parts
-    if Path(image_id).is_absolute() or image_id.startswith(("/", "\\")) or ".." in parts:
+    parts = image_id.replace("\\", "/").split("/")
+    if image_id.startswith(("/", "\\")) or os.path.isabs(image_id) or ".." in parts:
         return Skip(image_id, "path outside --images", f"{image_id!r} is not a path inside --images")
-    path = images / image_id
-    if path.suffix.lower() not in IMAGE_SUFFIXES and not path.exists():
+    root = str(images)
+    found = os.path.join(root, image_id)
+    if os.path.splitext(found)[1].lower() not in IMAGE_SUFFIXES and not os.path.exists(found):
         # OSV-5M and MP-16 ids carry no extension.
         for suffix in (".jpg", ".jpeg", ".png"):
-            if (candidate := images / f"{image_id}{suffix}").exists():
-                path = candidate
+            if os.path.exists(found + suffix):
+                found += suffix
                 break
-    try:
-        inside = path.resolve().is_relative_to(images.resolve())
-    except (OSError, RuntimeError):  # a symlink loop
-        inside = False
-    if not inside:
+    if not _stays_inside(root, found):
         return Skip(image_id, "path outside --images", f"{image_id!r} resolves outside --images (a symlink?)")
-    return path
+    return Path(found)
+
+
+def _stays_inside(root: str, path: str) -> bool:
+    """Whether ``path`` (lexically under ``root``) still is once symlinks are followed.
+
+    One ``lstat`` per part of the id: resolving every path (``realpath``) costs several
+    times more; only a path through a symlink is resolved.
+    """
+    current = root
+    for part in path[len(root) :].strip("/").split("/"):
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            try:
+                real, real_root = os.path.realpath(path), os.path.realpath(root)
+            except (OSError, ValueError):  # a symlink loop
+                return False
+            return real == real_root or real.startswith(real_root.rstrip("/") + "/")
+    return True
 
 
 def read_csv_source(csv_path: Path, images: Path | None) -> tuple[list[Record], list[Skip]]:
