@@ -17,6 +17,8 @@ from eval.datasets import load_dataset
 from eval.systems import load_system
 from rag_store import Gallery, create_encoder, index_source, open_client
 from rag_store.errors import ConfigError
+from tests.conftest import GALLERY_PLACES
+from tests.imagegen import noise_jpeg
 from tests.openai_server import OpenAIServer, Reply
 
 ANSWER = json.dumps({"clues": ["c"], "candidates": [{"latitude": 48.85, "longitude": 2.35, "place": "Paris", "confidence": 0.6}], "reasoning": "r"})
@@ -24,20 +26,30 @@ CLI = [sys.executable, "-m", "agent.cli"]
 
 
 @pytest.fixture(scope="module")
-def bench(sample_dir: Path, tmp_path_factory) -> dict:
-    """A 40-photo gallery (rows 41-80 of the sample) and a 12-photo test CSV (rows 1-12)."""
+def bench(tmp_path_factory) -> dict:
+    """A 40-photo gallery and a 12-photo test CSV, all generated (no sample data needed)."""
     root = tmp_path_factory.mktemp("evalrun")
-    rows = list(csv.reader((sample_dir / "im2gps3k-dev.csv").open()))
+    images = root / "images"
+    images.mkdir()
+    places = GALLERY_PLACES
+    gallery_rows, test_rows = [["IMG_ID", "LAT", "LON"]], [["IMG_ID", "LAT", "LON"]]
+    for i in range(40):
+        noise_jpeg(images / f"g{i:02d}.jpg", seed=500 + i, size=(128, 96))
+        gallery_rows.append([f"g{i:02d}.jpg", *places[i % len(places)]])
+    for i in range(12):
+        noise_jpeg(images / f"t{i:02d}.jpg", seed=900 + i, size=(128, 96))
+        lat, lon = places[(3 * i + 1) % len(places)]
+        test_rows.append([f"t{i:02d}.jpg", lat + 0.05, lon])
     gallery_csv, test_csv = root / "gallery.csv", root / "test.csv"
     with gallery_csv.open("w", newline="") as fh:
-        csv.writer(fh).writerows([rows[0], *rows[41:81]])
+        csv.writer(fh).writerows(gallery_rows)
     with test_csv.open("w", newline="") as fh:
-        csv.writer(fh).writerows(rows[:13])
+        csv.writer(fh).writerows(test_rows)
     encoder = create_encoder()
     store = root / "store"
     gallery = Gallery.open(open_client(store), "gallery", encoder_name=encoder.name, dim=encoder.dim, create=True)
-    index_source(gallery_csv, gallery, encoder, images=sample_dir / "images")
-    return {"store": store, "csv": test_csv, "images": sample_dir / "images", "root": root}
+    index_source(gallery_csv, gallery, encoder, images=images)
+    return {"store": store, "csv": test_csv, "images": images, "root": root}
 
 
 def _env(**extra: str) -> dict:
