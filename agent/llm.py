@@ -275,12 +275,12 @@ class ModelClient:
     def where(self) -> str:
         return self.base_url or "the OpenAI API"
 
-    def _failure(self, exc: BaseException) -> tuple[ModelError, bool]:
+    def _failure(self, exc: BaseException, deadline: float | None = None) -> tuple[ModelError, bool]:
         """The geoagent error for a failed attempt, and whether another attempt may succeed."""
         if isinstance(exc, TimeoutError):
             return ModelTimeout(
-                f"{self.where} did not finish answering within {self.settings.timeout:g} s "
-                f"({self.settings.max_retries + 1} attempts)"
+                f"{self.where} did not finish answering within {deadline or self.settings.timeout:g} s "
+                f"(each of {self.settings.max_retries + 1} attempts)"
             ), True
         if isinstance(exc, openai.OpenAIError):
             error = map_error(exc, self.base_url, self.settings.api_key, self.settings.timeout)
@@ -318,7 +318,7 @@ class ModelClient:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a ModelError
-                    error, retry = self._failure(exc)
+                    error, retry = self._failure(exc, deadline)
             if not retry:
                 break
         assert error is not None
@@ -365,7 +365,7 @@ class ModelClient:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a broken stream is one ModelError
-                    raise self._failure(exc)[0] from None
+                    raise self._failure(exc, deadline)[0] from None
         finally:
             with contextlib.suppress(Exception):
                 await it.aclose()
