@@ -129,8 +129,12 @@ def index(
 def galleries(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
     """List the galleries in a store."""
     from rag_store import list_galleries, open_client
+    from rag_store.errors import GalleryNotFound
 
-    rows = list_galleries(open_client(store, chroma_url, create=False))
+    try:
+        rows = list_galleries(open_client(store, chroma_url, create=False))
+    except GalleryNotFound:  # no store folder yet: nothing to list, and nothing is created
+        rows = []
     if not rows:
         out.print("no galleries: build one with `geoagent index SOURCE`")
     for row in rows:
