@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .errors import EncoderUnavailable, unknown_name
+from .images import bound_aspect
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -44,6 +45,8 @@ class Transform:
     std: tuple[float, float, float]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        # Any aspect ratio in bounded memory, also for a PIL image that bypassed load_image.
+        image = bound_aspect(image)
         w, h = image.size
         scale = self.resize / min(w, h)
         nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))

@@ -381,3 +381,13 @@ def test_unreachable_endpoint_stops_the_run_with_the_resume_command(tmp_path, da
     (line,) = [x for x in run.stderr.splitlines() if x.startswith("error:")]
     assert run.stderr.strip().splitlines()[-1] == line
     assert "cannot connect" in line and f"--resume --run-dir {run_dir}" in line
+
+
+def test_preprocessing_a_thin_pil_image_directly_is_bounded():
+    from PIL import Image
+
+    from rag_store.encoders import create_encoder
+
+    # Not through load_image: Encoder.embed given a PIL image by an API user.
+    vector = create_encoder().embed([Image.new("RGB", (1, 40_000), (10, 20, 30))])
+    assert vector.shape[0] == 1
