@@ -22,7 +22,7 @@ import torch
 
 from .encoders import Encoder
 from .errors import ImageError, SourceError
-from .images import load_image, read_exif_gps
+from .images import IMAGE_SUFFIXES, load_image, read_exif_gps
 from .store import Gallery
 
 # Column names accepted for each field (lower-cased): Im2GPS3k / YFCC4k use IMG_ID,LAT,LON;
@@ -31,7 +31,6 @@ ID_COLUMNS = ("img_id", "image_id", "id", "photo_id", "img", "image")
 LAT_COLUMNS = ("lat", "latitude", "gps_lat")
 LON_COLUMNS = ("lon", "lng", "long", "longitude", "gps_lon")
 PLACE_COLUMNS = ("country", "region", "city")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
 @dataclass(frozen=True)
