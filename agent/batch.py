@@ -126,7 +126,13 @@ def locate_to_file(agent: GeoAgent, inputs: Sequence[str], path: str | Path, con
     writer = csv.DictWriter(fh, CSV_COLUMNS) if kind == "csv" else None
     if writer is not None and fresh:
         writer.writeheader()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(TextColumn("locate"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
                    TimeRemainingColumn(), console=console, transient=False, disable=console is None)

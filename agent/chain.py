@@ -68,6 +68,8 @@ class SampleAnswer:
     outcome: str  # ok | refused | unparseable | error
     parsed: ParsedAnswer | None = None
     detail: str = ""
+    reply: str = ""  # the model's last raw reply, for the per-item report
+    prompt: str = ""  # the user prompt's text (the image part left out)
 
 
 @dataclass
@@ -215,12 +217,12 @@ async def _one_sample(state: ChainState, variant: int, sample: int, messages: li
         state.prompt_tokens += reply.prompt_tokens
         state.completion_tokens += reply.completion_tokens
         try:
-            return SampleAnswer(variant, sample, "ok", parse_answer(reply.content, reply.refusal))
+            return SampleAnswer(variant, sample, "ok", parse_answer(reply.content, reply.refusal), reply=reply.content)
         except AnswerRefused as exc:
-            return SampleAnswer(variant, sample, "refused", detail=str(exc))
+            return SampleAnswer(variant, sample, "refused", detail=str(exc), reply=reply.content or reply.refusal or "")
         except AnswerInvalid as exc:
             if attempt == 1:
-                return SampleAnswer(variant, sample, "unparseable", detail=str(exc))
+                return SampleAnswer(variant, sample, "unparseable", detail=str(exc), reply=reply.content)
             messages = [
                 *messages,
                 AIMessage(content=reply.content),
@@ -236,12 +238,15 @@ async def ask_model(state: ChainState) -> ChainState:
         return state
     # Resizing and JPEG/base64 encoding are CPU work: off the event loop, like embedding.
     data_url = await asyncio.to_thread(image_data_url, state.image, res.settings.max_side)
-    jobs = []
+    jobs, prompts = [], []
     for variant in res.settings.variants:
         messages = build_messages(res.prompt, state.retrieval, variant, data_url)
         for sample in range(res.settings.samples):
             jobs.append(_one_sample(state, variant, sample, messages))
+            prompts.append(messages[-1].content[0]["text"])
     state.samples = list(await asyncio.gather(*jobs))
+    for s, prompt in zip(state.samples, prompts, strict=True):
+        s.prompt = prompt
     return state
 
 
@@ -400,6 +405,11 @@ async def answer(state: ChainState) -> ChainState:
         verification=state.verification,
         error=error,
         image=state.label,
+        transcript=[
+            {"variant": s.variant, "sample": s.sample, "outcome": s.outcome, "detail": s.detail,
+             "prompt": s.prompt, "reply": s.reply}
+            for s in state.samples
+        ],
         gallery_match=next(
             (n.image_id for n in state.retrieval.positives[:1] if n.similarity >= EXACT_MATCH_SIMILARITY), None
         ),

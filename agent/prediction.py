@@ -67,6 +67,8 @@ class Prediction:
     negatives: list[Neighbour] = field(default_factory=list)
     model: str | None = None
     model_outcomes: dict[str, int] = field(default_factory=dict)  # per model sample
+    # One entry per model call: variant, sample, outcome, detail, prompt (text), reply (raw).
+    transcript: list[dict] = field(default_factory=list)
     llm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -113,6 +115,7 @@ FIELD_HELP = {
     "candidates": "every candidate scored by verification: latitude, longitude, place, origin, score, votes",
     "neighbours": "the most similar gallery photos: image_id, lat, lon, similarity",
     "model_outcomes": "model calls by outcome: ok, refused, unparseable, error",
+    "transcript": "one entry per model call: variant, sample, outcome, detail, prompt text, raw reply",
 }
 
 
