@@ -376,8 +376,8 @@ async def answer(state: ChainState) -> ChainState:
             geo.reverse_geocode, [(c.latitude, c.longitude) for c in (best, *unnamed)]
         )
         place = places[0]
-        for c, p in zip(unnamed, places[1:], strict=True):
-            c.place = _place_name(p)
+        for c, p in zip((best, *unnamed), places, strict=True):
+            c.place = c.place or _place_name(p)
     confidence = None if best is None else evidence_agreement(best, state.samples, state.retrieval.positives)
     state.prediction = Prediction(
         latitude=best.latitude if best else None,

@@ -278,7 +278,7 @@ def locate(
     photos: Annotated[list[str] | None, typer.Argument(help="Photos: files, folders or http(s) URLs.")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="Write predictions to FILE.csv or FILE.jsonl as they finish; resumes a file a stopped run left (default: cards on stdout).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per photo instead of the card.")] = False,
-    map_file: Annotated[Path | None, typer.Option("--map", help="Write an HTML map of the answers, candidates and neighbours (works offline).")] = None,
+    map_file: Annotated[Path | None, typer.Option("--map", help="Write an HTML map of the answers, candidates and neighbours; works offline (default: no map).")] = None,
     schema: Annotated[bool, typer.Option("--schema", help="Print the JSON schema of a prediction and exit.")] = False,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,

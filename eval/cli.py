@@ -90,15 +90,15 @@ def _write(path: Path, text: str) -> None:
 @fail_cleanly
 def run_command(
     run_file: Annotated[Path | None, typer.Argument(help="A run declared in YAML/TOML (dataset, systems, model, ...; flags override it), or with --resume the RUN_DIR of a stopped run.")] = None,
-    dataset: Annotated[Path | None, typer.Option("--dataset", help="Truth CSV (with --images), an LLMGeo folder, or a folder of EXIF-tagged photos.")] = None,
-    images: Annotated[Path | None, typer.Option("--images", help="Photo folder of a CSV dataset.")] = None,
+    dataset: Annotated[Path | None, typer.Option("--dataset", help="Truth CSV (with --images), an LLMGeo folder, or a folder of EXIF-tagged photos (default: the run file's).")] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Photo folder of a CSV dataset (default: the run file's).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Dataset name for the published anchors: im2gps3k, yfcc4k, ... (default: the file's name).")] = None,
     systems: Annotated[list[str] | None, typer.Option("--system", "--config", help="System preset name (retrieval-only, zero-shot, img2loc, g3, ...) or YAML file; repeat for a grid, results are listed in this order (default: retrieval-only).")] = None,
     settings_file: Annotated[Path | None, typer.Option("--settings", help="Settings TOML file under the presets (default: $GEOAGENT_CONFIG).")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Model name at the OpenAI-compatible endpoint (default: $GEOAGENT_MODEL).")] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL, else OpenAI).")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="Embedded Chroma directory (default: $GEOAGENT_STORE, else the user data dir).")] = None,
-    chroma_url: Annotated[str | None, typer.Option("--chroma-url", help="Chroma server http://HOST:PORT instead of --store.")] = None,
+    chroma_url: Annotated[str | None, typer.Option("--chroma-url", help="Chroma server http://HOST:PORT instead of --store (default: $GEOAGENT_CHROMA_URL).")] = None,
     collection: Annotated[str | None, typer.Option("--collection", help="Gallery collection name (default: gallery).")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Where results.jsonl, metrics.json and the report go (default: runs/DATASET-DATE-TIME).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="First N items (default: all).")] = None,
