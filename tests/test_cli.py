@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pexpect
-import pytest
 
 from agent.console import clean_text, model_calls_line, short_name
 from tests.openai_server import OpenAIServer, Reply
