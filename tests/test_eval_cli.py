@@ -10,7 +10,7 @@ from tests.openai_server import OpenAIServer
 from tests.test_eval_run import ANSWER, CLI, _env, bench, eval_run, records  # noqa: F401 - bench is a fixture
 
 
-def test_one_table_in_the_given_order_with_published_rows_last(bench, tmp_path):
+def test_one_table_in_the_given_order_with_published_rows_last(bench, tmp_path):  # noqa: F811
     with OpenAIServer(default=ANSWER) as srv:
         run = eval_run(bench, tmp_path / "run", "--system", "zero-shot", "--system", "retrieval-only",
                        "--model", "test-vlm", "--base-url", srv.base_url, "--limit", "4", "--no-cache")
@@ -26,7 +26,7 @@ def test_one_table_in_the_given_order_with_published_rows_last(bench, tmp_path):
     assert any(line.startswith("Published rows: the full im2gps3k test set (2997 photos)") for line in lines)
 
 
-def test_ctrl_c_prints_the_resume_command_and_resume_run_dir_needs_nothing_else(bench, tmp_path):
+def test_ctrl_c_prints_the_resume_command_and_resume_run_dir_needs_nothing_else(bench, tmp_path):  # noqa: F811
     run_dir = tmp_path / "run"
     with OpenAIServer(default=ANSWER, delay=0.5) as srv:
         cmd = [*CLI, "eval", "run", "--dataset", str(bench["csv"]), "--images", str(bench["images"]),
