@@ -107,19 +107,19 @@ html,body,#map{{height:100%;margin:0}}
 var DATA = {_script_json(data)};
 var WORLD = {_script_json(json.loads(_vendor("countries-110m.json")))};
 var map = L.map("map", {{worldCopyJump: true, minZoom: 1}});
+// The view first (Leaflet draws vector layers only on a map that has one), fitted to the markers.
+var points = DATA.markers.map(function (m) {{ return [m.lat, m.lon]; }});
+if (points.length > 1) {{ map.fitBounds(L.latLngBounds(points), {{padding: [40, 40], maxZoom: 12}}); }}
+else if (points.length === 1) {{ map.setView(points[0], 6); }}
+else {{ map.setView([20, 0], 2); }}
 var land = L.geoJSON(topojson.feature(WORLD, WORLD.objects.countries), {{
   style: {{color: "#9a9a8a", weight: 0.7, fillColor: "#f3efe4", fillOpacity: 1}}, interactive: false
 }}).addTo(map);
-var points = [];
 DATA.markers.forEach(function (m) {{
   var c = DATA.colours[m.kind];
   L.circleMarker([m.lat, m.lon], {{radius: m.r, color: m.kind === "answer" ? "#fff" : c, weight: m.kind === "answer" ? 2 : 1,
     fillColor: c, fillOpacity: m.kind === "neighbour" ? 0.6 : 0.9}}).bindTooltip(m.tip).addTo(map);
-  points.push([m.lat, m.lon]);
 }});
-if (points.length > 1) {{ map.fitBounds(L.latLngBounds(points), {{padding: [40, 40], maxZoom: 12}}); }}
-else if (points.length === 1) {{ map.setView(points[0], 6); }}
-else {{ map.setView([20, 0], 2); }}
 var legend = L.control({{position: "bottomright"}});
 legend.onAdd = function () {{
   var div = L.DomUtil.create("div", "legend");

@@ -8,11 +8,13 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pexpect
+import pytest
 
 from agent.console import clean_text, model_calls_line, short_name
 from tests.openai_server import OpenAIServer, Reply
@@ -217,3 +219,23 @@ def test_map_needs_no_network_and_escapes_model_text(tmp_path):
     assert "fitBounds" in page
     assert evil not in page and "<img src=x" not in page
     assert page.count("</script>") == page.count("<script>")  # no reply closes a script early
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install chromium)")
+def test_map_draws_land_markers_and_legend_in_a_browser_offline(tmp_path):
+    """The page's own script runs: headless Chromium, no network, draws land paths, markers and the legend."""
+    from agent.maps import write_map
+    from agent.prediction import Candidate, Prediction
+    from rag_store.store import Neighbour
+
+    p = Prediction(48.85, 2.35, "ok", source="llm", place="Paris", image="paris.jpg",
+                   candidates=[Candidate(48.85, 2.35, "Paris", 0.8, "llm", 0.9)], neighbours=[Neighbour("n", 45.76, 4.83, 0.8)])
+    path = write_map([p], tmp_path / "m.html")
+    run = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--proxy-server=127.0.0.1:9", "--virtual-time-budget=3000", "--dump-dom", path.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    dom = run.stdout
+    assert 'class="legend' in dom and "gallery neighbour" in dom  # added by the page's script
+    assert dom.count("<path") >= 100  # countries, and the circle markers
