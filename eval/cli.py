@@ -69,9 +69,10 @@ def report_command(
     if as_json:
         typer.echo(json.dumps(summary(report), indent=2, ensure_ascii=False))
         return
-    for name, m in report.metrics.items():
-        typer.echo(m.table(title=f"== {name}"))
-        typer.echo("")
+    from eval.report import comparison_text
+
+    typer.echo(comparison_text(report.metrics, report.dataset))
+    typer.echo("")
     typer.echo(f"wrote {report.markdown}")
     typer.echo(f"wrote {report.html}")
 

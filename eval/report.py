@@ -518,6 +518,9 @@ def build_report(
     info = read_run_info(run_dir)
     records = read_results(results)
     items, superseded = items_by_config(records)
+    # The systems in the order the run gave them (run.json), not the order they finished in.
+    given = [c.get("name") for c in info.get("configs") or [] if isinstance(c, dict)]
+    items = dict(sorted(items.items(), key=lambda kv: given.index(kv[0]) if kv[0] in given else len(given)))
     metrics = {name: compute_metrics(its, geography=geography, prices=prices, n_resamples=n_resamples)
                for name, its in items.items()}
 

@@ -140,7 +140,9 @@ def test_cli_report_and_errors(run_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["eval", "report", str(run_dir), "--no-maps"])
     assert result.exit_code == 0, result.output
-    assert "== img2loc" in result.output and "wrote" in result.output
+    table = result.output.splitlines()
+    assert [line.split()[0] for line in table[2:4]] == ["img2loc", "retrieval-only"]  # one table, systems first
+    assert any("(published)" in line for line in table[4:]) and "wrote" in result.output
     assert (run_dir / "report.html").is_file()
     result = runner.invoke(app, ["eval", "report", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "error: run directory not found" in result.output
