@@ -156,10 +156,14 @@ def run_command(
     base = Settings.load(settings_file, **{**declared, **{k: v for k, v in flags.items() if v is not None}})
     # Benchmarks never read the answer from EXIF.
     base = base.replace(ignore_exif=True, cache_dir=cache, concurrency=n_parallel)
+    recorded = {k: v for k, v in base.public_dict().items() if k not in ("cache_dir", "concurrency")}
+    # Absolute paths, so that `--resume RUN_DIR` works from any folder.
+    if recorded.get("store"):
+        recorded["store"] = str(Path(recorded["store"]).expanduser().resolve())
     invocation = {
-        "dataset": ds_args,
+        "dataset": {**ds_args, **{k: str(Path(ds_args[k]).expanduser().resolve()) for k in ("source", "images") if ds_args[k]}},
         "configs": [_absolute_ref(r, base_dir) for r in refs],
-        "settings": {k: v for k, v in base.public_dict().items() if k not in ("cache_dir", "concurrency")},
+        "settings": recorded,
         "concurrency": n_parallel,
     }
     extra = {"dataset_kind": data.kind, "invocation": invocation, "setup": run_setup(base, data)}
