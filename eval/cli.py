@@ -31,7 +31,7 @@ def score_command(
     predictions: Annotated[Path, typer.Argument(help="Predictions CSV: IMG_ID,LAT_pred,LON_pred[,success|status].")],
     truth: Annotated[Path, typer.Option("--truth", help="Truth CSV: IMG_ID,LAT,LON[,country,region,city].")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Also write the result as JSON to this file.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the result as JSON to this file (default: none).")] = None,
     geography: Annotated[
         bool, typer.Option("--geography/--no-geography", help="Country / region / city accuracy (offline).")
     ] = True,
@@ -52,7 +52,7 @@ def score_command(
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="Run directory holding results.jsonl (and run.json).")],
     prices: Annotated[
-        Path | None, typer.Option("--prices", help="YAML price table: MODEL: {input: $/1M, output: $/1M}.")
+        Path | None, typer.Option("--prices", help="YAML price table: MODEL: {input: $/1M, output: $/1M} (default: the 2025 list prices built in).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     geography: Annotated[

@@ -60,7 +60,7 @@ def test_help_has_no_type_labels_and_every_option_says_what_it_does():
 
     root = get_command(app)
     ctx = click.Context(root)
-    for path in (["locate"], ["chat"], ["eval", "run"]):
+    for path in (["locate"], ["chat"], ["galleries"], ["eval", "run"], ["eval", "report"], ["eval", "score"]):
         cmd = root
         for name in path:
             cmd = cmd.get_command(ctx, name)
@@ -70,7 +70,7 @@ def test_help_has_no_type_labels_and_every_option_says_what_it_does():
             assert param.help, f"{' '.join(path)} {param.opts[0]} has no help"
             flag = getattr(param, "is_flag", False)
             # A default is either shown by typer (not None) or stated in the help.
-            assert flag or param.default is not None or "default" in param.help, f"{param.opts[0]}: no default stated"
+            assert flag or param.required or param.default is not None or "default" in param.help, f"{param.opts[0]}: no default stated"
 
 
 def test_version():
