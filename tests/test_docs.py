@@ -63,3 +63,10 @@ def test_every_flag_the_readme_names_exists():
     every = set().union(*(_flags(c) for c in commands.values())) | OTHER_TOOLS
     for flag in set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text)):
         assert flag in every, f"README names {flag}, which no geoagent command has"
+
+
+def test_readme_states_the_one_meaning_of_confidence():
+    from agent.prediction import CONFIDENCE_MEANING
+
+    meaning = CONFIDENCE_MEANING.split(" is ", 1)[1]  # "the share of the evidence ..."
+    assert " ".join(meaning.split()) in " ".join(README.read_text().split())
