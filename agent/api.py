@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -169,28 +169,42 @@ class GeoAgent:
         return prediction
 
     async def alocate_many(
-        self, images: Sequence[LocateInput], concurrency: int | None = None
+        self,
+        images: Sequence[LocateInput],
+        concurrency: int | None = None,
+        on_done: Callable[[int, Prediction], None] | None = None,
     ) -> list[Prediction]:
-        """Locate photos concurrently, in input order; a bad photo gives an ``error`` prediction."""
+        """Locate photos concurrently, in input order; a bad photo gives an ``error`` prediction.
+
+        ``on_done(index, prediction)`` is called as each photo finishes (e.g. to write it out).
+        """
         sem = asyncio.Semaphore(concurrency or self.settings.concurrency)
 
-        async def one(image: LocateInput) -> Prediction:
+        async def one(index: int, image: LocateInput) -> Prediction:
             async with sem:
                 try:
-                    return await self.alocate(image)
+                    prediction = await self.alocate(image)
                 except (ImageError, GeoagentError) as exc:
                     label = image if isinstance(image, str | Path) else type(image).__name__
-                    return Prediction(None, None, "error", error=str(exc), image=str(label))
+                    prediction = Prediction(None, None, "error", error=str(exc), image=str(label))
+            if on_done is not None:
+                on_done(index, prediction)
+            return prediction
 
-        return list(await asyncio.gather(*(one(im) for im in images)))
+        return list(await asyncio.gather(*(one(i, im) for i, im in enumerate(images))))
 
     def locate(self, image: LocateInput) -> Prediction:
         """Locate one photo (blocking)."""
         return _run(self.alocate(image))
 
-    def locate_many(self, images: Sequence[LocateInput], concurrency: int | None = None) -> list[Prediction]:
-        """Locate photos concurrently (blocking), in input order."""
-        return _run(self.alocate_many(images, concurrency))
+    def locate_many(
+        self,
+        images: Sequence[LocateInput],
+        concurrency: int | None = None,
+        on_done: Callable[[int, Prediction], None] | None = None,
+    ) -> list[Prediction]:
+        """Locate photos concurrently (blocking), in input order; ``on_done`` as in ``alocate_many``."""
+        return _run(self.alocate_many(images, concurrency, on_done))
 
 
 def _run(coro):

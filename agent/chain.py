@@ -39,7 +39,7 @@ from . import geo
 from .answers import AnswerInvalid, AnswerRefused, ParsedAnswer, parse_answer
 from .errors import ModelAuthError, ModelError, ModelTimeout, ModelUnavailable
 from .llm import ModelClient
-from .prediction import Candidate, Clue, Prediction
+from .prediction import AGREEMENT_KM, Candidate, Clue, Prediction
 from .settings import Settings
 
 MERGE_KM = 10.0  # model candidates closer than this are one candidate with more votes
@@ -68,6 +68,8 @@ class SampleAnswer:
     outcome: str  # ok | refused | unparseable | error
     parsed: ParsedAnswer | None = None
     detail: str = ""
+    reply: str = ""  # the model's last raw reply, for the per-item report
+    prompt: str = ""  # the user prompt's text (the image part left out)
 
 
 @dataclass
@@ -215,12 +217,12 @@ async def _one_sample(state: ChainState, variant: int, sample: int, messages: li
         state.prompt_tokens += reply.prompt_tokens
         state.completion_tokens += reply.completion_tokens
         try:
-            return SampleAnswer(variant, sample, "ok", parse_answer(reply.content, reply.refusal))
+            return SampleAnswer(variant, sample, "ok", parse_answer(reply.content, reply.refusal), reply=reply.content)
         except AnswerRefused as exc:
-            return SampleAnswer(variant, sample, "refused", detail=str(exc))
+            return SampleAnswer(variant, sample, "refused", detail=str(exc), reply=reply.content or reply.refusal or "")
         except AnswerInvalid as exc:
             if attempt == 1:
-                return SampleAnswer(variant, sample, "unparseable", detail=str(exc))
+                return SampleAnswer(variant, sample, "unparseable", detail=str(exc), reply=reply.content)
             messages = [
                 *messages,
                 AIMessage(content=reply.content),
@@ -236,12 +238,15 @@ async def ask_model(state: ChainState) -> ChainState:
         return state
     # Resizing and JPEG/base64 encoding are CPU work: off the event loop, like embedding.
     data_url = await asyncio.to_thread(image_data_url, state.image, res.settings.max_side)
-    jobs = []
+    jobs, prompts = [], []
     for variant in res.settings.variants:
         messages = build_messages(res.prompt, state.retrieval, variant, data_url)
         for sample in range(res.settings.samples):
             jobs.append(_one_sample(state, variant, sample, messages))
+            prompts.append(messages[-1].content[0]["text"])
     state.samples = list(await asyncio.gather(*jobs))
+    for s, prompt in zip(state.samples, prompts, strict=True):
+        s.prompt = prompt
     return state
 
 
@@ -364,22 +369,29 @@ async def answer(state: ChainState) -> ChainState:
     place = geo.Place("", "", "", "")
     if best is not None:
         source = {"llm": "llm", "exif": "exif"}.get(best.origin, "retrieval")
-        # Off the event loop: the first call loads the GeoNames table (seconds).
-        place = (await asyncio.to_thread(geo.reverse_geocode, [(best.latitude, best.longitude)]))[0]
-    confidence = None
-    if best is not None:
-        confidence = best.confidence if best.origin in ("llm", "exif") else best.score
+        # One batch, off the event loop (the first call loads the GeoNames table, seconds): the
+        # answer and the top candidates the model gave no place for get a geocoded one.
+        unnamed = [c for c in state.pool[:CARD_CANDIDATES] if not c.place and c is not best]
+        places = await asyncio.to_thread(
+            geo.reverse_geocode, [(c.latitude, c.longitude) for c in (best, *unnamed)]
+        )
+        place = places[0]
+        for c, p in zip((best, *unnamed), places, strict=True):
+            c.place = c.place or _place_name(p)
+    confidence = None if best is None else evidence_agreement(best, state.samples, state.retrieval.positives)
     state.prediction = Prediction(
         latitude=best.latitude if best else None,
         longitude=best.longitude if best else None,
         status=status,  # type: ignore[arg-type]
         source=source,  # type: ignore[arg-type]
-        place=(best.place if best and best.origin == "llm" else "") or _place_name(place),
+        place=_place_name(place),
+        model_place=best.place if best and best.origin == "llm" else "",
         country=place.country,
         country_code=place.country_code,
         region=place.region,
         city=place.city,
-        confidence=None if confidence is None else round(float(confidence), 4),
+        confidence=confidence,
+        model_confidence=best.confidence if best and best.origin == "llm" else None,
         reasoning=reasoning,
         clues=clues,
         candidates=state.pool,
@@ -393,8 +405,45 @@ async def answer(state: ChainState) -> ChainState:
         verification=state.verification,
         error=error,
         image=state.label,
+        transcript=[
+            {"variant": s.variant, "sample": s.sample, "outcome": s.outcome, "detail": s.detail,
+             "prompt": s.prompt, "reply": s.reply}
+            for s in state.samples
+        ],
+        gallery_match=next(
+            (n.image_id for n in state.retrieval.positives[:1] if n.similarity >= EXACT_MATCH_SIMILARITY), None
+        ),
     )
     return state
+
+
+CARD_CANDIDATES = 6  # candidates given a geocoded place for the result card
+EXACT_MATCH_SIMILARITY = 0.999  # a neighbour this similar is the same photo, not a similar one
+
+
+def evidence_agreement(best: Candidate, samples: list[SampleAnswer], neighbours: list[Neighbour]) -> float:
+    """``Prediction.confidence`` (``CONFIDENCE_MEANING``): the share of the evidence within
+    ``AGREEMENT_KM`` of ``best``. Neighbours weigh by similarity; every model call asked
+    weighs the same, and one that gave no answer counts against; half each when both exist."""
+    if best.origin == "exif":
+        return 1.0
+    shares = []
+    if neighbours:
+        weights = np.array([max(n.similarity, 0.0) for n in neighbours])
+        if weights.sum() <= 0:
+            weights = np.ones(len(neighbours))
+        near = geo.great_circle_km(best.latitude, best.longitude,
+                                   np.array([n.lat for n in neighbours]), np.array([n.lon for n in neighbours]))
+        shares.append(float(weights[near <= AGREEMENT_KM].sum() / weights.sum()))
+    if samples:
+        agree = sum(
+            1 for s in samples
+            if s.parsed is not None and s.parsed.candidates and geo.great_circle_km(
+                best.latitude, best.longitude, s.parsed.candidates[0].latitude, s.parsed.candidates[0].longitude
+            ) <= AGREEMENT_KM
+        )
+        shares.append(agree / len(samples))
+    return round(float(np.clip(np.mean(shares), 0.0, 1.0)), 4) if shares else 0.0
 
 
 def _place_name(place: geo.Place) -> str:

@@ -48,6 +48,7 @@ from rag_store.store import Neighbour, Retrieval
 from . import geo
 from .api import GeoAgent
 from .chain import image_data_url
+from .console import clean_text, safe
 from .errors import ModelError
 from .llm import ModelClient
 from .prediction import Prediction
@@ -180,7 +181,7 @@ def neighbours_table(neighbours: list[Neighbour]) -> Table:
     table = Table("image id", "lat", "lon", "similarity", "place", box=None, pad_edge=False)
     for n, place in zip(neighbours, places, strict=True):
         where = ", ".join(x for x in (place.city, place.country) if x) or "open water"
-        table.add_row(n.image_id, f"{n.lat:.4f}", f"{n.lon:.4f}", f"{n.similarity:.3f}", where)
+        table.add_row(safe(n.image_id), f"{n.lat:.4f}", f"{n.lon:.4f}", f"{n.similarity:.3f}", where)
     return table
 
 
@@ -260,7 +261,7 @@ class ChatSession:
 
     def say(self, message: str, style: str | None = None) -> None:
         """One line of plain text (no markup: paths and model text may hold brackets)."""
-        self.console.print(Text(message, style=style or ""), soft_wrap=True)
+        self.console.print(Text(clean_text(message), style=style or ""), soft_wrap=True)
 
     def error(self, message: str) -> None:
         self.say(" ".join(message.split()), style="red")  # always one line
@@ -322,7 +323,7 @@ class ChatSession:
         prediction.image = photo.label  # the chain saw bytes; name the photo the analyst gave
         self.prediction = prediction
         self.predictions.append({"at": now(), "image": photo.label, "prediction": prediction.to_dict()})
-        from .cli import result_card  # one result card for `locate` and `chat`
+        from .console import result_card  # one result card for `locate` and `chat`
 
         self.console.print(result_card(prediction), highlight=False)
 
@@ -505,7 +506,9 @@ class ChatSession:
         self.history += turn  # only a finished turn joins the conversation
 
     def _write(self, piece: str) -> None:
-        # Plain writes, not rich: model text may contain [brackets] and must appear as sent.
+        # Plain writes, not rich: model text may contain [brackets] and must appear as sent,
+        # less any terminal control sequence (it could rewrite what the analyst sees).
+        piece = clean_text(piece)
         self.console.file.write(piece)
         self.console.file.flush()
         self._partial += piece

@@ -1,7 +1,12 @@
-"""The ``geoagent`` command: index, locate, eval, chat.
+"""The ``geoagent`` command: index, galleries, locate, chat, eval.
 
 Every error a user can cause ends as one line on stderr (``error: ...``) and
 exit status 2; nothing already stored is touched by a failed command.
+
+Start-up is kept short: this module imports only typer and the console; torch,
+chromadb and the model client load inside the command that needs them, after its
+inputs are checked, under a status line. ``eval`` is mounted on first use
+(``GeoagentGroup``), so that ``agent`` never imports ``eval`` at module level.
 """
 
 from __future__ import annotations
@@ -11,45 +16,164 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
+from typer.core import TyperGroup
+
+from agent.console import err, fail_cleanly, out
+
+# ---- the command group: lazy ``eval``, no type labels ---------------------------------
+
+LAZY_GROUPS = {"eval": ("eval.cli", "eval_app")}
+
+
+TYPE_WORDS = {"path": "PATH", "int": "N", "int range": "N", "float": "NUMBER", "float range": "NUMBER", "str": "TEXT"}
+
+
+def _label(typer_label: str, param) -> str:
+    """What help shows after an option's name: PATH, N, a|b, ... or nothing for a flag or argument."""
+    if param.param_type_name == "argument" or getattr(param, "is_flag", False):
+        return ""  # a flag takes no value; an argument's name already says what it is
+    word = typer_label.strip("<>")
+    if word.startswith("list[") and word.endswith("]"):  # a repeatable option: one value each time
+        word = word[5:-1]
+    return TYPE_WORDS.get(word, word if "|" in word else word.upper())
+
+
+def _relabel(params: list) -> list:
+    for param in params:
+        if not getattr(param, "_relabelled", False):
+            typer_label = param.display_type
+            param.display_type_rich = lambda ctx, p=param, f=typer_label: _label(f(ctx), p)
+            param._relabelled = True
+            if param.param_type_name == "argument":
+                param.metavar = param.name.upper()
+    return params
+
+
+def _drop_type_labels(cmd) -> None:
+    """Help shows ``--store PATH``, never typer's ``<path>`` / ``<bool>`` type labels."""
+    if not getattr(cmd, "_relabelled", False):
+        # get_params, not .params: it also returns the --help option click makes on each call.
+        get_params = cmd.get_params
+        cmd.get_params = lambda ctx: _relabel(get_params(ctx))
+        cmd._relabelled = True
+    for sub in getattr(cmd, "commands", {}).values():
+        _drop_type_labels(sub)
+
+
+class GeoagentGroup(TyperGroup):
+    """The root group: mounts ``eval`` on first use and drops type labels from help."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY_GROUPS if n not in self.commands)]
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name in LAZY_GROUPS and cmd_name not in self.commands:
+            import importlib
+
+            module, attr = LAZY_GROUPS[cmd_name]
+            self.add_command(typer.main.get_command(getattr(importlib.import_module(module), attr)), cmd_name)
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _drop_type_labels(cmd)
+        return cmd
+
+    def format_help(self, ctx, formatter) -> None:
+        _drop_type_labels(self)
+        super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
     name="geoagent",
+    cls=GeoagentGroup,
     help="Predict where a photo was taken (retrieval-augmented VLM geolocation).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-from eval.cli import eval_app  # noqa: E402
 
-app.add_typer(eval_app, name="eval")
-from agent.console import err, fail_cleanly, out  # noqa: E402
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version("geoagent")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "0+unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"geoagent {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    show_version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Predict where a photo was taken (retrieval-augmented VLM geolocation)."""
+
+
+# ---- options shared by commands ----------------------------------------------------------
 
 StoreOpt = Annotated[
-    Path | None, typer.Option("--store", help="Embedded Chroma directory (default: user data dir).")
+    Path | None, typer.Option("--store", help="Embedded Chroma directory (default: $GEOAGENT_STORE, else the user data dir).")
 ]
 ChromaUrlOpt = Annotated[
-    str | None, typer.Option("--chroma-url", help="Chroma server http://HOST:PORT instead of --store.")
+    str | None, typer.Option("--chroma-url", help="Chroma server http://HOST:PORT instead of --store (default: $GEOAGENT_CHROMA_URL).")
 ]
 CollectionOpt = Annotated[str, typer.Option("--collection", help="Gallery collection name.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name at the OpenAI-compatible endpoint (default: $GEOAGENT_MODEL; none = retrieval only).")]
+BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL, else OpenAI).")]
+SettingsOpt = Annotated[Path | None, typer.Option("--settings", help="Settings TOML file, keys as in README 'Settings keys' (default: $GEOAGENT_CONFIG).")]
+SystemOpt = Annotated[str | None, typer.Option("--system", help="A system preset by name (retrieval-only, zero-shot, img2loc, g3, ...) or a YAML file; flags override it (default: none, the settings as given).")]
+EncoderOpt = Annotated[str | None, typer.Option("--encoder", help="Query encoder; must be the one that built the gallery (default: the gallery's own).")]
 
 
-class RateColumn(ProgressColumn):
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} img/s" if speed else "-- img/s", style="progress.data.speed")
+def load_settings(settings_file: Path | None, system: str | None, **flags):
+    """Defaults < TOML file (--settings or $GEOAGENT_CONFIG) < environment < --system preset < flags."""
+    from agent.settings import Settings
+
+    base = Settings.load(settings_file)
+    if system:
+        # Presets live with the benchmark configs (eval/configs): imported here, on use only.
+        from eval.systems import load_system
+
+        base = load_system(system).settings(base)
+    return base.replace(**{k: v for k, v in flags.items() if v is not None})
 
 
-def progress_bar(description: str) -> Progress:
+def build_agent(settings):
+    """A ``GeoAgent``, under a status line on stderr while the encoder, gallery and model load."""
+    with err.status("loading the encoder, gallery and model client...", spinner="dots"):
+        from agent.api import GeoAgent
+
+        return GeoAgent.from_settings(settings)
+
+
+# ---- index / galleries (progress bars) ---------------------------------------------------
+
+
+def progress_bar(description: str):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.1f} img/s" if speed else "-- img/s", style="progress.data.speed")
+
     return Progress(
         TextColumn(description),
         BarColumn(),
@@ -141,91 +265,79 @@ def galleries(store: StoreOpt = None, chroma_url: ChromaUrlOpt = None) -> None:
         out.print(f"{row['name']}\t{row['kind']}\t{row['encoder']}\t{row['dim']}-d\t{row['count']} entries", highlight=False, soft_wrap=True)
 
 
-ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name at the OpenAI-compatible endpoint (default: $GEOAGENT_MODEL; none = retrieval only).")]
-BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL).")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings TOML file (default: $GEOAGENT_CONFIG).")]
+# ---- locate ------------------------------------------------------------------------------
 
 
-def build_agent(config, **overrides):
-    from agent.api import GeoAgent
+def _locate_help() -> str:
+    from agent.prediction import CONFIDENCE_MEANING
 
-    return GeoAgent.from_settings(config=config, **overrides)
-
-
-def result_card(p):
-    """A readable result: place, coordinates, confidence, candidates, key clues (a rich Panel).
-
-    Shared by ``locate`` and ``chat``. Model text is escaped: a clue like "[STOP]" is text, not markup.
-    """
-    from rich.console import Group
-    from rich.markup import escape
-    from rich.panel import Panel
-    from rich.table import Table
-
-    title = escape(p.image)
-    if p.latitude is None:
-        return Panel(f"[red]no answer[/red] ({p.status}): {escape(p.error or '')}", title=title)
-    conf = f"{p.confidence:.0%}" if p.confidence is not None else "n/a"
-    head = (
-        f"[bold]{escape(p.place or 'unknown place')}[/bold]\n"
-        f"{p.latitude:.5f}, {p.longitude:.5f}   confidence {conf}   source {p.source}"
-        + (f"   model {escape(p.model)}" if p.model else "")
-        + (f"\n[yellow]{escape(p.error)}[/yellow]" if p.error else "")
-        + ("\n[dim]retrieval-only answer: no model configured (--model, --base-url)[/dim]"
-           if p.source == "retrieval" and not p.model and p.llm_calls == 0 else "")
+    return (
+        "Locate photos: place, coordinates, confidence, reasoning, clues and candidates.\n\n"
+        "PHOTOS are files, folders (every photo inside, recursively) or http(s) URLs. "
+        "With --out the predictions go to a CSV or JSONL file as they finish; a re-run skips "
+        "the photos already in it. Exit status 1 when some photo got no answer.\n\n"
+        + CONFIDENCE_MEANING[0].upper() + CONFIDENCE_MEANING[1:]
     )
-    table = Table("candidate", "origin", "lat, lon", "score", box=None, pad_edge=False)
-    for c in p.candidates[:6]:
-        table.add_row(escape(c.place[:40]) or "-", c.origin, f"{c.latitude:.4f}, {c.longitude:.4f}", f"{c.score:.3f}" if c.score is not None else "-")
-    clues = "\n".join(f"- {escape(c.text)}" for c in p.clues[:6])
-    body = [head, table]
-    if clues:
-        body.append("clues:\n" + clues)
-    return Panel(Group(*body), title=title, subtitle=f"{p.llm_calls} LLM calls, {p.latency_s:.2f} s")
 
 
-def print_card(p) -> None:
-    """Print ``result_card(p)`` on stdout."""
-    out.print(result_card(p), highlight=False)
-
-
-@app.command()
+@app.command(help=_locate_help())
 @fail_cleanly
 def locate(
-    images: Annotated[list[str], typer.Argument(help="Photos: paths or http(s) URLs.")],
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per photo.")] = False,
-    map_file: Annotated[Path | None, typer.Option("--map", help="Write a Leaflet map (HTML).")] = None,
+    photos: Annotated[list[str] | None, typer.Argument(help="Photos: files, folders or http(s) URLs.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write predictions to FILE.csv or FILE.jsonl as they finish; resumes a file a stopped run left (default: cards on stdout).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per photo instead of the card.")] = False,
+    map_file: Annotated[Path | None, typer.Option("--map", help="Write an HTML map of the answers, candidates and neighbours; works offline (default: no map).")] = None,
+    schema: Annotated[bool, typer.Option("--schema", help="Print the JSON schema of a prediction and exit.")] = False,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     store: StoreOpt = None,
     chroma_url: ChromaUrlOpt = None,
-    collection: CollectionOpt = "gallery",
-    k: Annotated[int | None, typer.Option("--k", min=0, help="Similar and dissimilar neighbours retrieved.")] = None,
+    collection: Annotated[str | None, typer.Option("--collection", help="Gallery collection name (default: gallery).")] = None,
+    encoder: EncoderOpt = None,
+    k: Annotated[int | None, typer.Option("--k", min=0, help="Similar and dissimilar neighbours retrieved (default: 16).")] = None,
     ignore_exif: Annotated[bool, typer.Option("--ignore-exif", help="Do not answer from EXIF GPS.")] = False,
-    config: ConfigOpt = None,
+    settings_file: SettingsOpt = None,
+    system: SystemOpt = None,
 ) -> None:
-    """Locate photos: coordinates, place, confidence, candidates and clues."""
     import json as _json
 
+    if schema:
+        from agent.prediction import json_schema
+
+        typer.echo(_json.dumps(json_schema(), indent=2, ensure_ascii=False))
+        return
+    from agent.batch import expand_inputs
+
+    inputs = expand_inputs(photos or [])  # checked before anything heavy loads
     if map_file:
         from rag_store.outputs import check_writable
 
         check_writable(map_file, what="map")  # before any model call is paid for
-    agent = build_agent(
-        config, model=model, base_url=base_url, store=str(store) if store else None,
-        chroma_url=chroma_url, collection=collection, k=k, ignore_exif=ignore_exif or None,
+    settings = load_settings(
+        settings_file, system, model=model, base_url=base_url, store=str(store) if store else None,
+        chroma_url=chroma_url, collection=collection, encoder=encoder, k=k, ignore_exif=ignore_exif or None,
     )
-    predictions = agent.locate_many(images) if len(images) > 1 else [agent.locate(images[0])]
-    for p in predictions:
-        if json_out:
-            print(_json.dumps(p.to_dict(), ensure_ascii=False))
-        else:
-            print_card(p)
+    agent = build_agent(settings)
+    if out_file is not None:
+        from agent.batch import locate_to_file
+
+        summary = locate_to_file(agent, inputs, out_file, console=err)
+        err.print(summary.line(), highlight=False, soft_wrap=True)
+        predictions = summary.predictions
+    else:
+        predictions = agent.locate_many(inputs) if len(inputs) > 1 else [agent.locate(inputs[0])]
+        for p in predictions:
+            if json_out:
+                print(_json.dumps(p.to_dict(), ensure_ascii=False))
+            else:
+                from agent.console import print_card
+
+                print_card(p)
     if map_file:
         from agent.maps import write_map
 
         write_map(predictions, map_file)
-        err.print(f"map written to {map_file}")
+        err.print(f"map written to {map_file}", highlight=False, soft_wrap=True)
     if any(not p.answered for p in predictions):
         raise typer.Exit(1)
 
@@ -238,17 +350,24 @@ def chat(
     base_url: BaseUrlOpt = None,
     store: StoreOpt = None,
     chroma_url: ChromaUrlOpt = None,
-    collection: CollectionOpt = "gallery",
+    collection: Annotated[str | None, typer.Option("--collection", help="Gallery collection name (default: gallery).")] = None,
+    encoder: EncoderOpt = None,
     allow_network: Annotated[bool, typer.Option("--allow-network", help="Let the model geocode place names online (Nominatim).")] = False,
-    config: ConfigOpt = None,
+    settings_file: SettingsOpt = None,
+    system: SystemOpt = None,
 ) -> None:
     """Work a photo interactively: /locate, then ask the model follow-up questions (/help inside)."""
+    if image is not None:
+        from agent.batch import expand_inputs
+
+        expand_inputs([image])  # a missing photo is reported before the models load
+    settings = load_settings(
+        settings_file, system, model=model, base_url=base_url, store=str(store) if store else None,
+        chroma_url=chroma_url, collection=collection, encoder=encoder, allow_network=allow_network or None,
+    )
+    agent = build_agent(settings)
     from agent.chat import run_chat
 
-    agent = build_agent(
-        config, model=model, base_url=base_url, store=str(store) if store else None,
-        chroma_url=chroma_url, collection=collection, allow_network=allow_network or None,
-    )
     run_chat(agent, image)
 
 

@@ -16,6 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .coords import LatLon, check_latlon
 from .errors import ImageError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")  # photos in a folder
+
 # Refuse anything over 64 megapixels before decoding it: far above any real
 # benchmark photo, far below what would exhaust memory.
 MAX_PIXELS = 64_000_000

@@ -24,12 +24,10 @@ import torch
 from .coords import check_latlon
 from .encoders import Encoder
 from .errors import ImageError, OutputError, SourceError
-from .images import load_image, read_exif_gps
+from .images import IMAGE_SUFFIXES, load_image, read_exif_gps
 from .outputs import open_output
 from .store import Gallery
 from .tables import ID_COLUMNS, LAT_COLUMNS, LON_COLUMNS, PLACE_COLUMNS, read_csv
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
 @dataclass(frozen=True)

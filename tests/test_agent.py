@@ -78,7 +78,10 @@ def test_llm_answer_with_place_and_verification_scores(store, query_photo):
     assert p.status == "ok" and p.source == "llm"
     assert (p.latitude, p.longitude) == (PARIS["latitude"], PARIS["longitude"])
     assert p.country_code == "FR" and p.city == "Paris"
-    assert p.place == "Paris, France" and p.confidence == 0.8
+    # The place is the geocoded one; the model's wording and its own figure are kept apart.
+    assert p.place == "Paris, Ile-de-France, France" and p.model_place == "Paris, France"
+    assert p.model_confidence == 0.8
+    assert 0.5 <= p.confidence <= 1.0  # both model calls agree: at least their half of the evidence
     assert [c.text for c in p.clues] == ["Haussmann facades", "French street signs"]
     assert all(c.score is not None for c in p.candidates)
     assert {c.origin for c in p.candidates} == {"llm", "neighbours"}

@@ -66,7 +66,7 @@ def test_chat_session_with_model(store, query_photo, tmp_path):
     with OpenAIServer() as srv:
         child = _spawn(
             [str(query_photo), "--store", str(store), "--model", "test-vlm", "--base-url", srv.base_url,
-             "--config", str(config)],
+             "--settings", str(config)],
             _env(tmp_path, OPENAI_API_KEY=KEY), log,
         )
         child.expect("attached .*" + query_photo.name)

@@ -34,16 +34,12 @@ def loaded_after_import(module: str) -> set[str]:
     return set(json.loads(run.stdout.strip().splitlines()[-1])) & {"rag_store", "agent", "eval", "prompts"}
 
 
-# agent.cli mounts the eval commands; issue 10 makes that mount lazy.
-AGENT_MODULES_LOADING_EVAL = {"agent.cli"}
-
-
 @pytest.mark.parametrize("module", modules_of("rag_store"))
 def test_rag_store_imports_nothing_above_it(module):
     assert loaded_after_import(module) <= {"rag_store"}
 
 
-@pytest.mark.parametrize("module", [m for m in modules_of("agent") if m not in AGENT_MODULES_LOADING_EVAL])
+@pytest.mark.parametrize("module", modules_of("agent"))
 def test_agent_does_not_import_eval_at_module_level(module):
     assert "eval" not in loaded_after_import(module)
 

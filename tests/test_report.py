@@ -96,7 +96,7 @@ def test_report_tables_anchors_and_self_contained_html(run_dir):
     # Self-contained: no resource fetched from anywhere, every image inline.
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
     assert "http://" not in page and "https://" not in page
-    assert "<link" not in page and "<script" not in page
+    assert "<link" not in page and not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)
     images = re.findall(r'<img[^>]*src="([^"]+)"', page)
     assert len(images) == 4  # accuracy, error CDF, one map per config
     for src in images:
@@ -129,10 +129,57 @@ def test_cli_report_and_errors(run_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["eval", "report", str(run_dir), "--no-maps"])
     assert result.exit_code == 0, result.output
-    assert "== img2loc" in result.output and "wrote" in result.output
+    table = result.output.splitlines()
+    assert [line.split()[0] for line in table[2:4]] == ["img2loc", "retrieval-only"]  # one table, systems first
+    assert any("(published)" in line for line in table[4:]) and "wrote" in result.output
     assert (run_dir / "report.html").is_file()
     result = runner.invoke(app, ["eval", "report", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "error: run directory not found" in result.output
     (run_dir / "results.jsonl").write_text('{"config": "x", "id": "1"}\n')
     with pytest.raises(InputError, match="results.jsonl:1: record has no 'target'"):
         build_report(run_dir)
+
+
+def test_report_setup_calibration_worst_errors_and_one_entry_per_item(run_dir, tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "p1.jpg"
+    Image.new("RGB", (300, 200), (40, 120, 200)).save(photo)
+    records = read_results(run_dir / "results.jsonl")
+    hostile = "<script>alert(1)</script>\x1b[31m"
+    for r in records:
+        if r["config"] == "img2loc" and r["id"] == "p1":
+            r["input"] = str(photo)
+            r["output"].update(confidence=0.9, reasoning=hostile, place="Paris",
+                               transcript=[{"variant": 0, "sample": 0, "outcome": "ok", "detail": "",
+                                            "prompt": "Where is this photo taken?", "reply": hostile}])
+        elif r["output"] and r["output"].get("latitude") is not None:
+            r["output"]["confidence"] = 0.3
+    (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run_dir / "run.json").write_text(json.dumps({
+        "dataset": "im2gps3k-dev", "dataset_info": {"size": 4, "source_size": 990},
+        "invocation": {"dataset": {"source": "x.csv", "limit": 4}},
+        "setup": {"model": "gpt-4o-mini", "endpoint_host": "127.0.0.1", "gallery": "gallery", "gallery_size": 150,
+                  "encoder": "efficientnet-lite0", "k": 16, "date": "2026-11-25 18:00 UTC", "geoagent_version": "0.1.0"},
+    }))
+    report = build_report(run_dir, n_resamples=50, maps=False, geography=False)
+    page = report.html.read_text()
+    setup = page[page.index('id="setup"'):page.index("<h2>Results")]
+    for value in ("gpt-4o-mini", "127.0.0.1", "150", "efficientnet-lite0", "16", "4 of 990 items (first 4)", "0.1.0"):
+        assert f"<td>{value}</td>" in setup, value
+    assert "Published rows: the full im2gps3k test set (2997 photos)" in page and "a gallery of 150 photos" in page
+    calibration = page[page.index('id="calibration"'):page.index("<h2>Worst errors")]
+    # img2loc: Paris exact at 0.9, the date-line item (111 km) at 0.3; retrieval-only: three at 0.3.
+    assert "<td>img2loc</td><td>0.8–1.0</td><td>1</td><td>0.90</td><td>100.0</td><td>100.0</td>" in calibration
+    assert "<td>img2loc</td><td>0.2–0.4</td><td>1</td><td>0.30</td><td>0.0</td><td>100.0</td>" in calibration
+    assert "img2loc: ECE 25 km: 0.200, 750 km: 0.400 over 2 answered items" in calibration
+    # One entry per item and system (4 items x 2 systems), with filters, thumbnail and transcript.
+    assert page.count('<tr class="item"') == 8
+    assert '<select id="f-system">' in page and '<select id="f-status">' in page
+    assert page.count('<img class="thumb" alt="" src="data:image/jpeg;base64,') == 2  # p1, both systems
+    assert "Where is this photo taken?" in page
+    # Model text is escaped and cleaned: no live tag, no escape code.
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "\x1b" not in page
+    worst = page[page.index("<h2>Worst errors"):]
+    assert "<td>retrieval-only</td><td>p2</td>" in worst  # Sydney -> Melbourne, the largest error
