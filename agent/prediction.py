@@ -24,7 +24,7 @@ class Candidate:
     longitude: float
     place: str = ""
     confidence: float | None = None  # the model's own confidence, 0..1
-    origin: str = "llm"  # llm | gps-gallery | neighbours | exif
+    origin: str = "llm"  # llm | gps-gallery | neighbours | exif | gallery-match
     score: float | None = None  # verification score; higher is better
     votes: int = 1  # how many model samples proposed it (merged within a few km)
 
@@ -59,9 +59,17 @@ class Prediction:
     completion_tokens: int = 0
     latency_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per chain step
-    verification: str = ""  # geoclip | neighbours | none
+    verification: str = ""  # geoclip | neighbours | none | exif | exact-match
     error: str | None = None
     image: str = ""
+    completions: int = 0  # model replies received (a request may return several: `n`)
+    # The gallery id of a copy of this very photo, whose coordinates are the answer (locate).
+    exact_match: str | None = None
+    # Gallery entries left out as this photo itself (benchmark runs; see SelfMatch).
+    excluded_self_matches: int = 0
+    # LLMGeo configs: the ISO 3166 alpha-2 code of the country the model named ("" = none or
+    # unknown); None when the config does not ask for a country.
+    answer_country: str | None = None
 
     @property
     def answered(self) -> bool:

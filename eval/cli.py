@@ -108,6 +108,7 @@ def run_command(
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Model reply cache (default: the user cache dir).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the reply cache.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --run-dir.")] = False,
+    allow_self_match: Annotated[bool, typer.Option("--allow-self-match", help="Let an item retrieve its own photo from the gallery (off: same id, same file or a near-copy is left out).")] = False,
 ) -> None:
     """Run system configs over a dataset; every item is recorded as it finishes."""
     from agent.settings import Settings
@@ -147,7 +148,8 @@ def run_command(
     base = Settings.load(None, **{**declared, **{k: v for k, v in flags.items() if v is not None}})
     # Benchmarks never read the answer from EXIF.
     base = base.replace(ignore_exif=True, cache_dir=cache, concurrency=n_parallel)
-    spec = RunSpec(Path(out_dir), data, systems, base, concurrency=n_parallel, extra={"dataset_kind": data.kind})
+    spec = RunSpec(Path(out_dir), data, systems, base, concurrency=n_parallel, extra={"dataset_kind": data.kind},
+                   allow_self_match=allow_self_match)
     typer.echo(f"run {spec.run_dir}: {len(data.samples)} items x {len(systems)} configs ({', '.join(s.name for s in systems)})", err=True)
     metrics = run(spec, resume=resume, progress=_progress_printer())
     _write(spec.run_dir / "metrics.json", json.dumps({k: m.to_dict() for k, m in metrics.items()}, indent=2) + "\n")

@@ -68,6 +68,8 @@ def make_record(
         "scores": scores,
         "timings": dict(timings or {}),
         "error": error,
+        # Gallery entries left out because they are this item's own photo (0: none in the gallery).
+        "excluded_self_matches": int((output or {}).get("excluded_self_matches") or 0),
     }
 
 
@@ -133,6 +135,8 @@ def record_to_item(record: dict[str, Any]) -> ScoredItem:
         prompt_tokens=int(output.get("prompt_tokens", 0)) if output else 0,
         completion_tokens=int(output.get("completion_tokens", 0)) if output else 0,
         latency_s=float(latency) if latency is not None and math.isfinite(float(latency)) else None,
+        excluded_self_matches=record.get("excluded_self_matches"),
+        answer_country=output.get("answer_country") if output else None,
     )
 
 
