@@ -322,7 +322,7 @@ class ModelClient:
         body: dict[str, Any] = {}
         if "temperature" not in self.dropped:
             body["temperature"] = temperature
-        if n > 1:
+        if n > 1 and "n" not in self.dropped:
             body["n"] = n
         if self.settings.max_tokens is not None:
             body[self.max_tokens_name] = self.settings.max_tokens
