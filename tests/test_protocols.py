@@ -357,3 +357,46 @@ def test_resume_refuses_changed_prompts_or_settings_and_says_which(leak, tmp_pat
     monkeypatch.setattr(prompts, "PROMPTS_DIR", edited)
     with pytest.raises(ConfigError, match=r"config 'g3' prompt file g3\.user\.txt"):
         prepare_run_dir(RunSpec(run_dir, dataset, [load_system("g3")], base), resume=True)
+
+
+# ---------------------------------------------------------------- GeoCLIP presets
+
+
+@pytest.fixture(scope="module")
+def geoclip_only(tmp_path_factory) -> dict:
+    """A store with no gallery at all, a tiny random CLIP under GeoCLIP's real head."""
+    root = tmp_path_factory.mktemp("geoclip-only")
+    clip = tiny_clip_dir(root / "clip", projection_dim=768, seed=9)
+    return {"store": root / "store", "encoder": f"geoclip:{clip}", "photo": scene_jpeg(root / "q.jpg", seed=3)}
+
+
+def test_geoclip_preset_builds_a_missing_gps_gallery_then_answers_its_top_1(geoclip_only, monkeypatch, capsys):
+    import rag_store.gps_gallery as gps
+
+    # The first 2000 of GeoCLIP's 100K coordinates: the same build path, in seconds.
+    full = gps.gps_gallery_coordinates()
+    monkeypatch.setattr(gps, "gps_gallery_coordinates", lambda: full[:2000])
+    settings = load_system("geoclip").settings(Settings(store=geoclip_only["store"].as_posix()))
+    p = GeoAgent.from_settings(settings.replace(encoder=geoclip_only["encoder"])).locate(geoclip_only["photo"])
+    assert "building GeoCLIP's GPS gallery (first use): 2,000/2,000" in capsys.readouterr().err
+    gallery = gps.GpsGallery.open(open_client(geoclip_only["store"]))
+    assert len(gallery) == 2000
+    encoder = create_encoder(geoclip_only["encoder"])
+    (top1,) = gallery.candidates(encoder.embed([load_image(geoclip_only["photo"])])[0], k=1)
+    assert (p.latitude, p.longitude) == pytest.approx((top1.lat, top1.lon))
+    assert p.source == "retrieval" and p.llm_calls == 0 and [c.origin for c in p.candidates] == ["gps-gallery"]
+
+
+def test_geoclip_rag_references_are_geoclip_top_16_with_probabilities(geoclip_only, monkeypatch):
+    import rag_store.gps_gallery as gps
+
+    full = gps.gps_gallery_coordinates()
+    monkeypatch.setattr(gps, "gps_gallery_coordinates", lambda: full[:2000])
+    with OpenAIServer(default=distinct_answer) as srv:
+        p = agent_for(geoclip_only["store"], srv, "geoclip-rag", encoder=geoclip_only["encoder"]).locate(geoclip_only["photo"])
+        (request,) = srv.requests
+    refs = re.findall(r"\((-?\d+\.\d{4}), (-?\d+\.\d{4}); p=(\d\.\d{3})\)", last_user_text(request))
+    assert len(refs) == 16 and reference_counts(request) == (0, 0)  # with probabilities, none dissimilar
+    assert [float(r[2]) for r in refs] == sorted((float(r[2]) for r in refs), reverse=True)
+    assert sorted(c.origin for c in p.candidates) == ["gps-gallery", "llm"]
+    assert p.verification == "geoclip"
