@@ -435,7 +435,10 @@ def compute_metrics(
         n_answered=n_answered,
         n_fallback=sum(1 for i in items if i.status == "fallback" and i.answered),
         n_refused=counts["refused"],
-        n_unparseable=counts["unparseable"] + sum(1 for i in items if i.status in ANSWERED_STATUSES and not i.answered),
+        # An LLMGeo answer that names a country without coordinates is an answer, not unparseable.
+        n_unparseable=counts["unparseable"] + sum(
+            1 for i in items if i.status in ANSWERED_STATUSES and not i.answered and not i.answer_country
+        ),
         n_error=counts["error"],
         n_missing=counts["missing"],
         thresholds_km=thresholds,

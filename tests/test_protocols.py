@@ -400,3 +400,20 @@ def test_geoclip_rag_references_are_geoclip_top_16_with_probabilities(geoclip_on
     assert [float(r[2]) for r in refs] == sorted((float(r[2]) for r in refs), reverse=True)
     assert sorted(c.origin for c in p.candidates) == ["gps-gallery", "llm"]
     assert p.verification == "geoclip"
+
+
+def test_named_country_accuracy_is_the_llmgeo_headline():
+    from eval.metrics import ScoredItem, compute_metrics
+
+    paris, tokyo = (48.8566, 2.3522), (35.6762, 139.6503)
+    items = [
+        ScoredItem("a", *paris, status="ok", answer_country="FR"),  # named right, no coordinates
+        ScoredItem("b", *tokyo, status="ok", answer_country="CN"),  # wrong country
+        ScoredItem("c", *tokyo, status="ok", answer_country=""),  # "unknown": a miss
+        ScoredItem("d", *paris, pred_lat=35.0, pred_lon=139.0, status="ok", answer_country="FR", truth_country="FR"),
+    ]
+    m = compute_metrics(items, n_resamples=10)
+    assert m.named_country_acc == 50.0
+    assert m.n_unparseable == 1 and m.n_answered == 1  # only "unknown"; a named country is an answer
+    assert m.table().splitlines()[1].startswith("named-country accuracy (headline)")
+    assert compute_metrics([ScoredItem("e", *paris)], n_resamples=10).named_country_acc is None  # not asked
