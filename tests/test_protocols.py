@@ -328,6 +328,10 @@ def test_gallery_and_test_set_from_one_csv_scores_like_a_held_out_set(leak, tmp_
     for i, r in same_records.items():
         assert i not in {n["image_id"] for n in r["output"]["neighbours"] + r["output"]["negatives"]}
     assert "own photo in gallery (left out)" in same.table()
+    from eval.report import build_report
+
+    report = build_report(tmp_path / "same", geography=False, n_resamples=10, maps=False)
+    assert "own photo was in the gallery (left out of their neighbours, examples and candidates): retrieval-only: 30" in report.markdown.read_text()
 
 
 def test_locate_answers_from_an_exact_gallery_match_and_says_so(leak):
