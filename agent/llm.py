@@ -260,7 +260,9 @@ class ModelClient:
         ignore ``n``), the rest are requested separately; one that rejects ``n`` gets one
         request per sample from then on.
         """
-        params = {"temperature": temperature, "json": json_mode}
+        params: dict[str, Any] = {"temperature": temperature, "json": json_mode}
+        if self.settings.max_tokens is not None:  # a cap can cut a reply short: part of the key
+            params["max_tokens"] = self.settings.max_tokens
         keys = [
             ResponseCache.key(self.model, messages, {**params, "sample": i}) if self.cache else ""
             for i in range(first, first + n)
