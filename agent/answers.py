@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from rag_store.coords import CoordinateError, to_latlon
 
+from .geo import country_code
 from .prediction import Candidate
 from .replies import fenced_block, find_json_object
 
@@ -39,6 +40,8 @@ class ParsedAnswer:
     candidates: list[Candidate]
     clues: list[str] = field(default_factory=list)
     reasoning: str = ""
+    country: str = ""  # the country as the model named it (LLMGeo answers)
+    country_code: str = ""  # ISO 3166 alpha-2 of ``country``; "" when none or unknown
 
 
 def _first_json_object(text: str) -> dict:
@@ -70,8 +73,12 @@ def _pick(obj: dict, *names: str) -> object:
     return next((obj[n] for n in names if n in obj), None)
 
 
-def parse_answer(text: str, refusal: str | None = None) -> ParsedAnswer:
-    """Validate a model reply into candidates, clues and reasoning."""
+def parse_answer(text: str, refusal: str | None = None, *, country: bool = False) -> ParsedAnswer:
+    """Validate a model reply into candidates, clues and reasoning.
+
+    With ``country`` (LLMGeo's task) the answer is a named country and candidates are
+    optional; a country that cannot be recognised is kept as "" (scored as a miss).
+    """
     if refusal:
         raise AnswerRefused(refusal)
     if not text or not text.strip():
@@ -85,9 +92,15 @@ def parse_answer(text: str, refusal: str | None = None) -> ParsedAnswer:
     raw = obj.get("candidates")
     if raw is None and _pick(obj, "latitude", "lat") is not None:
         raw = [obj]  # a single flat answer
+    named = _pick(obj, "country", "country_name")
+    named = str(named).strip() if isinstance(named, str | int | float) and not isinstance(named, bool) else ""
+    if country and raw is None:
+        raw = []
     if not isinstance(raw, list):
         raise AnswerInvalid('"candidates" must be a list of {latitude, longitude, place, confidence}')
-    if not raw:
+    if not raw and not (country and named):
+        if country:
+            raise AnswerInvalid('"country" must name the country the photo was taken in')
         reason = str(obj.get("reasoning") or "no candidates given")
         raise AnswerRefused(reason[:300])
     candidates, placeholders = [], []
@@ -113,7 +126,7 @@ def parse_answer(text: str, refusal: str | None = None) -> ParsedAnswer:
         candidates.append(
             Candidate(lat, lon, place=str(place) if place is not None else "", confidence=confidence)
         )
-    if not candidates:
+    if not candidates and not (country and named):  # LLMGeo: a named country is the answer
         reason = "; ".join(placeholders)
         if _REFUSAL.search(text) or _REFUSAL.search(str(obj.get("reasoning") or "")):
             raise AnswerRefused(f"{str(obj.get('reasoning') or text).strip()[:300]}")
@@ -127,4 +140,6 @@ def parse_answer(text: str, refusal: str | None = None) -> ParsedAnswer:
         candidates=candidates,
         clues=[str(c) for c in clues if str(c).strip()],
         reasoning=str(obj.get("reasoning") or ""),
+        country=named,
+        country_code=country_code(named) if named else "",
     )

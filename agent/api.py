@@ -8,6 +8,7 @@ time-limited; no other scheme). ``locate_many`` runs photos concurrently;
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,11 +21,11 @@ from PIL import Image
 from prompts import load_prompt
 from rag_store.encoders import create_encoder
 from rag_store.errors import EncoderMismatch, GalleryNotFound, GeoagentError, ImageError
-from rag_store.gps_gallery import GpsGallery
+from rag_store.gps_gallery import GpsGallery, build_gps_gallery
 from rag_store.images import ImageInput, load_image
 from rag_store.store import Gallery, open_client
 
-from .chain import ChainState, Resources, build_chain
+from .chain import ChainState, FewShot, Resources, build_chain
 from .llm import ModelClient, ResponseCache
 from .prediction import Prediction
 from .settings import Settings
@@ -101,7 +102,7 @@ class GeoAgent:
             client = None
         gallery = None
         try:
-            gallery = Gallery.open(client, settings.collection) if client is not None else None
+            gallery = Gallery.open(client, settings.collection) if client is not None and settings.use_gallery else None
         except GalleryNotFound:
             gallery = None
         encoder_name = gallery.encoder_name if gallery else settings.encoder
@@ -113,11 +114,18 @@ class GeoAgent:
                     f"{encoder.name!r}: drop --encoder or use another --collection"
                 )
         gps_gallery = None
-        if client is not None and settings.use_gps_gallery and encoder_name and encoder_name.startswith("geoclip"):
+        if settings.use_gps_gallery and encoder_name and encoder_name.startswith("geoclip"):
             try:
+                if client is None:
+                    raise GalleryNotFound(f"no store at {settings.store}")
                 gps_gallery = GpsGallery.open(client, settings.gps_collection)
             except GalleryNotFound:
-                gps_gallery = None
+                if gallery is None:
+                    # Nothing else to retrieve from (the geoclip presets): build it, once. The
+                    # one case where locating writes to the store, because the preset asks for it.
+                    client = client or open_client(settings.store, settings.chroma_url)
+                    gps_gallery = GpsGallery(build_gps_gallery(
+                        client, name=settings.gps_collection, progress=_gps_progress))
         if gallery is None and gps_gallery is None and not settings.model:
             raise GalleryNotFound(
                 f"nothing to locate with: no gallery {settings.collection!r} in the store and no "
@@ -126,6 +134,13 @@ class GeoAgent:
         encoder = create_encoder(encoder_name) if encoder_name else None
         cache = ResponseCache(Path(settings.cache_dir) / "responses.sqlite") if settings.cache_dir else None
         model = ModelClient(settings, cache) if settings.model else None
+        examples = None
+        if settings.few_shot != "none" and model is not None:
+            if gallery is None:
+                raise GalleryNotFound(
+                    f"few-shot prompts show gallery photos: no gallery {settings.collection!r} in the store"
+                )
+            examples = FewShot(gallery, settings)
         return cls(
             Resources(
                 settings=settings,
@@ -134,6 +149,7 @@ class GeoAgent:
                 gallery=gallery,
                 gps_gallery=gps_gallery,
                 model=model,
+                examples=examples,
             )
         )
 
@@ -156,11 +172,17 @@ class GeoAgent:
 
     # ------------------------------------------------------------------ locate
 
-    async def alocate(self, image: LocateInput) -> Prediction:
-        """Locate one photo. Raises ``ImageError`` for an unreadable photo."""
+    async def alocate(self, image: LocateInput, *, exclude_ids: Sequence[str] = ()) -> Prediction:
+        """Locate one photo. Raises ``ImageError`` for an unreadable photo.
+
+        ``exclude_ids``: gallery ids that are this photo (a benchmark item's id); with
+        ``exclude_self_matches`` they, and copies found by hash or embedding, are never used.
+        """
         started = time.perf_counter()
         im, raw, label = await asyncio.to_thread(self.read, image)
-        state = ChainState(resources=self.resources, image=im, raw=raw, label=label)
+        state = ChainState(
+            resources=self.resources, image=im, raw=raw, label=label, exclude_ids=frozenset(exclude_ids)
+        )
         state = await self._chain.ainvoke(state)
         prediction = state.prediction
         assert prediction is not None
@@ -205,6 +227,13 @@ class GeoAgent:
     ) -> list[Prediction]:
         """Locate photos concurrently (blocking), in input order; ``on_done`` as in ``alocate_many``."""
         return _run(self.alocate_many(images, concurrency, on_done))
+
+
+def _gps_progress(done: int, total: int) -> None:
+    """Building GeoCLIP's GPS gallery takes minutes the first time: say how far it got."""
+    end = "\n" if done >= total else ""
+    print(f"\rbuilding GeoCLIP's GPS gallery (first use): {done:,}/{total:,} coordinates",
+          end=end, file=sys.stderr, flush=True)
 
 
 def _run(coro):

@@ -124,8 +124,8 @@ def result_card(p: Prediction, max_candidates: int = 6) -> RenderableType:
     lines.append(f"[dim]{escape(CONFIDENCE_MEANING)}[/dim]")
     if p.source == "exif":
         lines.append("[green]from the photo's EXIF GPS tag[/green] (--ignore-exif to locate from the pixels)")
-    if p.gallery_match:
-        lines.append(f"[yellow]exact gallery match:[/yellow] the gallery holds this very photo ({safe(p.gallery_match)})")
+    if p.exact_match:
+        lines.append(f"[yellow]exact gallery match:[/yellow] the gallery holds this very photo ({safe(p.exact_match)}); its coordinates are the answer")
     if p.source == "retrieval" and not p.model and p.llm_calls == 0 and not p.model_outcomes:
         lines.append("[dim]retrieval-only answer: no model configured (--model, --base-url)[/dim]")
     if p.error:

@@ -168,6 +168,52 @@ def country_name(code: str) -> str:
     return getattr(country, "common_name", None) or country.name
 
 
+# Common forms a model writes that pycountry's names, codes and fuzzy search miss or misread.
+_COUNTRY_FORMS = {
+    "usa": "US", "us": "US", "u.s.": "US", "u.s.a.": "US", "america": "US",
+    "united states of america": "US", "the united states": "US",
+    "uk": "GB", "u.k.": "GB", "britain": "GB", "great britain": "GB", "england": "GB",
+    "scotland": "GB", "wales": "GB", "northern ireland": "GB", "the united kingdom": "GB",
+    "south korea": "KR", "korea": "KR", "north korea": "KP", "russia": "RU",
+    "czech republic": "CZ", "czechia": "CZ", "holland": "NL", "the netherlands": "NL",
+    "ivory coast": "CI", "uae": "AE", "emirates": "AE", "vietnam": "VN", "laos": "LA",
+    "iran": "IR", "syria": "SY", "taiwan": "TW", "bolivia": "BO", "venezuela": "VE",
+    "tanzania": "TZ", "moldova": "MD", "turkey": "TR", "turkiye": "TR", "macedonia": "MK",
+    "dr congo": "CD", "drc": "CD", "democratic republic of the congo": "CD", "congo": "CG",
+    "vatican": "VA", "vatican city": "VA", "kosovo": "XK", "palestine": "PS", "brunei": "BN",
+    "micronesia": "FM", "cape verde": "CV", "swaziland": "SZ", "burma": "MM",
+    "east timor": "TL", "hong kong": "HK", "macau": "MO", "macao": "MO",
+}
+UNKNOWN_COUNTRY = {"", "unknown", "none", "n/a", "na", "not sure", "unsure", "?", "null"}
+
+
+@functools.lru_cache(maxsize=4096)
+def country_code(name: str | None) -> str:
+    """ISO 3166 alpha-2 code of a country as a model names it: English names, alpha-2 and
+    alpha-3 codes, and common forms ("USA", "UK", "Holland"); "" for none or unknown."""
+    text = " ".join(str(name or "").replace("_", " ").split()).strip(" .").casefold()
+    if text in UNKNOWN_COUNTRY:
+        return ""
+    if text in _COUNTRY_FORMS:
+        return _COUNTRY_FORMS[text]
+    import pycountry
+
+    if len(text) in (2, 3) and text.isalpha():
+        found = pycountry.countries.get(**{f"alpha_{len(text)}": text.upper()})
+        if found is not None:
+            return found.alpha_2
+    for country in pycountry.countries:
+        names = (country.name, getattr(country, "common_name", ""), getattr(country, "official_name", ""))
+        if any(text == n.casefold() for n in names if n):
+            return country.alpha_2
+    # "Paris, France" or "France (Provence)": the last comma part, then without brackets.
+    for part in (text.rsplit(",", 1)[-1], text.split("(", 1)[0]):
+        part = part.strip(" .")
+        if part and part != text:
+            return country_code(part)
+    return ""
+
+
 def reverse_geocode(points: Sequence[tuple[float, float]]) -> list[Place]:
     """Country, region (admin1) and city of each ``(lat, lon)``, offline.
 

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import random
 import sqlite3
 import ssl
@@ -54,6 +55,8 @@ MAX_BACKOFF_S = 8.0
 MAX_RETRY_AFTER_S = 60.0
 STREAM_TIMEOUTS = 4  # a streamed chat answer may take this many timeouts, end to end
 
+log = logging.getLogger("geoagent")
+
 
 @dataclass
 class ModelReply:
@@ -62,6 +65,14 @@ class ModelReply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
+
+
+@dataclass
+class Sampled:
+    """The samples of one prompt and how many HTTP requests drawing them took (0: all cached)."""
+
+    replies: list[ModelReply]
+    requests: int
 
 
 class ResponseCache:
@@ -205,6 +216,10 @@ class ModelClient:
         self._limiter = limiter_for(self.base_url, settings.rate_limit)
         # Keyed by the loop object itself (weakly): a new loop may reuse a dead one's id().
         self._chats: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # What this endpoint turned out to accept (learnt from HTTP 400s, kept for the run).
+        self.dropped: set[str] = set()
+        self.max_tokens_name = "max_tokens"
+        self.notices: list[str] = []
 
     def chat_model(self) -> ChatOpenAI:
         """A ChatOpenAI per event loop, each with its own async HTTP client.
@@ -253,21 +268,115 @@ class ModelClient:
         json_mode: bool = True,
     ) -> ModelReply:
         """One model call (cached). Raises a ``ModelError`` subclass when the endpoint fails."""
-        params: dict[str, Any] = {"temperature": temperature, "sample": sample, "json": json_mode}
-        key = ResponseCache.key(self.model, messages, params) if self.cache else ""
-        if self.cache and (hit := self.cache.get(key)) is not None:
-            return hit
-        kwargs: dict[str, Any] = {"temperature": temperature}
+        drawn = await self.sample(messages, temperature=temperature, n=1, first=sample, json_mode=json_mode)
+        return drawn.replies[0]
+
+    async def sample(
+        self,
+        messages: list[BaseMessage],
+        *,
+        temperature: float,
+        n: int,
+        first: int = 0,
+        json_mode: bool = True,
+    ) -> Sampled:
+        """Samples ``first`` .. ``first + n - 1`` of one prompt, drawn with ``n`` in one request.
+
+        Each sample is cached on its own, so a later run that needs fewer, or the same,
+        samples costs no call. When the endpoint returns fewer choices than asked (some
+        ignore ``n``), the rest are requested separately; one that rejects ``n`` gets one
+        request per sample from then on.
+        """
+        params: dict[str, Any] = {"temperature": temperature, "json": json_mode}
+        if self.settings.max_tokens is not None:  # a cap can cut a reply short: part of the key
+            params["max_tokens"] = self.settings.max_tokens
+        keys = [
+            ResponseCache.key(self.model, messages, {**params, "sample": i}) if self.cache else ""
+            for i in range(first, first + n)
+        ]
+        replies: list[ModelReply | None] = [
+            self.cache.get(key) if self.cache else None for key in keys
+        ]
+        requests = 0
+        while (missing := [i for i, r in enumerate(replies) if r is None]):
+            if requests >= n:  # a server that keeps answering with no choice at all
+                raise ModelResponseError(f"{self.base_url or 'the OpenAI API'} returned no choices")
+            ask = 1 if "n" in self.dropped else len(missing)
+            got = await self._request(messages, temperature=temperature, n=ask, json_mode=json_mode)
+            requests += 1
+            for i, reply in zip(missing, got, strict=False):
+                replies[i] = reply
+                if self.cache and reply.refusal is None:
+                    self.cache.put(keys[i], reply)
+        return Sampled([r for r in replies if r is not None], requests)
+
+    async def _request(
+        self, messages: list[BaseMessage], *, temperature: float, n: int, json_mode: bool
+    ) -> list[ModelReply]:
+        """One HTTP request; its choices as replies (the request's prompt tokens on the first).
+
+        A parameter the endpoint rejects with HTTP 400 (reasoning models refuse
+        ``temperature`` and ``n``; newer OpenAI models want ``max_completion_tokens`` for
+        ``max_tokens``) is dropped or renamed, and the request sent once more; the client
+        remembers it and says so once.
+        """
+        for attempt in range(len(ADAPTABLE) + 1):
+            body = self._body(temperature, n, json_mode)
+
+            async def call(body: dict[str, Any] = body, last: bool = attempt == len(ADAPTABLE)) -> Any:
+                try:
+                    return await self.chat_model().agenerate([messages], extra_body=body)
+                except openai.BadRequestError as exc:
+                    # A 400 is not retried as it is; one naming a parameter is adapted below.
+                    if last or rejected_param(exc, body) is None:
+                        raise
+                    return exc
+
+            result = await self.attempts(call)
+            if not isinstance(result, openai.BadRequestError):
+                break
+            self._adapt(rejected_param(result, body) or "")
+        generations = result.generations[0]
+        replies = [self._reply(g.message) for g in generations]  # type: ignore[attr-defined]
+        if replies:
+            # Every choice carries the request's usage: prompt tokens once, completion shared.
+            usage = replies[0]
+            share = usage.completion_tokens // len(replies)
+            for i, reply in enumerate(replies):
+                reply.prompt_tokens = usage.prompt_tokens if i == 0 else 0
+                reply.completion_tokens = share
+        return replies
+
+    def _body(self, temperature: float, n: int, json_mode: bool) -> dict[str, Any]:
+        """Sampling parameters in the request body, as this endpoint accepts them."""
+        body: dict[str, Any] = {}
+        if "temperature" not in self.dropped:
+            body["temperature"] = temperature
+        if n > 1 and "n" not in self.dropped:
+            body["n"] = n
+        if self.settings.max_tokens is not None:
+            body[self.max_tokens_name] = self.settings.max_tokens
         if json_mode:
-            # Sent in extra_body: the same request body on the wire, but langchain-openai then
+            # In extra_body: the same request body on the wire, but langchain-openai then
             # calls the SDK's create() rather than parse(), whose client-side request transform
             # walks the body once per member of a params union (twice): ~0.5-1 ms CPU per call.
-            kwargs["extra_body"] = {"response_format": {"type": "json_object"}}
-        message = await self.attempts(lambda: self.chat_model().ainvoke(messages, **kwargs))
-        reply = self._reply(message)
-        if self.cache and reply.refusal is None:
-            self.cache.put(key, reply)
-        return reply
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+    def _adapt(self, param: str) -> None:
+        if param in ("max_tokens", "max_completion_tokens"):
+            other = "max_completion_tokens" if param == "max_tokens" else "max_tokens"
+            self.max_tokens_name = other
+            note = f"{self.model} at {self.base_url or 'the OpenAI API'} wants {other!r} for {param!r}: sending that"
+        else:
+            self.dropped.add(param)
+            note = (
+                f"{self.model} at {self.base_url or 'the OpenAI API'} rejects {param!r}: "
+                + ("drawing each sample in its own request" if param == "n" else f"sending requests without {param!r}")
+            )
+        if note not in self.notices:
+            self.notices.append(note)
+            log.warning(note)
 
     # -------------------------------------------------------------- attempts and deadlines
 
@@ -382,3 +491,17 @@ class ModelClient:
             prompt_tokens=int(usage.get("input_tokens", 0)),
             completion_tokens=int(usage.get("output_tokens", 0)),
         )
+
+
+# Request parameters an endpoint may reject with HTTP 400, and that can be left out or renamed.
+ADAPTABLE = ("temperature", "n", "max_tokens")
+
+
+def rejected_param(exc: openai.BadRequestError, body: dict[str, Any]) -> str | None:
+    """Which of the body's adaptable parameters a 400 names, from its ``param`` or its message."""
+    sent = [p for p in (*ADAPTABLE, "max_completion_tokens") if p in body]
+    named = getattr(exc, "param", None)
+    if named in sent:
+        return named
+    message = str(getattr(exc, "message", "") or exc)
+    return next((p for p in sent if f"'{p}'" in message or f'"{p}"' in message or f"`{p}`" in message), None)

@@ -34,7 +34,7 @@ class Candidate:
     longitude: float
     place: str = ""
     confidence: float | None = None  # the model's own confidence, 0..1
-    origin: str = "llm"  # llm | gps-gallery | neighbours | exif
+    origin: str = "llm"  # llm | gps-gallery | neighbours | exif | gallery-match
     score: float | None = None  # verification score; higher is better
     votes: int = 1  # how many model samples proposed it (merged within a few km)
 
@@ -59,7 +59,6 @@ class Prediction:
     confidence: float | None = None  # CONFIDENCE_MEANING
     model_confidence: float | None = None  # the model's own stated figure for the answer, 0..1
     model_place: str = ""  # the answer's place in the model's own words
-    gallery_match: str | None = None  # id of a gallery photo identical to this one, when found
     reasoning: str = ""
     clues: list[Clue] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
@@ -74,9 +73,17 @@ class Prediction:
     completion_tokens: int = 0
     latency_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per chain step
-    verification: str = ""  # geoclip | neighbours | none
+    verification: str = ""  # geoclip | neighbours | none | exif | exact-match
     error: str | None = None
     image: str = ""
+    completions: int = 0  # model replies received (a request may return several: `n`)
+    # The gallery id of a copy of this very photo, whose coordinates are the answer (locate).
+    exact_match: str | None = None
+    # Gallery entries left out as this photo itself (benchmark runs; see SelfMatch).
+    excluded_self_matches: int = 0
+    # LLMGeo configs: the ISO 3166 alpha-2 code of the country the model named ("" = none or
+    # unknown); None when the config does not ask for a country.
+    answer_country: str | None = None
 
     @property
     def answered(self) -> bool:
@@ -111,7 +118,8 @@ FIELD_HELP = {
     "model_place": "the answer's place in the model's own words",
     "confidence": CONFIDENCE_MEANING,
     "model_confidence": "the model's own stated confidence for the answer, 0-1 (not calibrated)",
-    "gallery_match": "id of a gallery photo identical to this one, when one was found",
+    "exact_match": "id of the gallery entry holding this very photo (same file), whose coordinates are the answer",
+    "excluded_self_matches": "gallery entries left out as this photo itself (benchmark runs)",
     "candidates": "every candidate scored by verification: latitude, longitude, place, origin, score, votes",
     "neighbours": "the most similar gallery photos: image_id, lat, lon, similarity",
     "model_outcomes": "model calls by outcome: ok, refused, unparseable, error",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rag_store.errors import ConfigError, unknown_name
+from rag_store.store import DUPLICATE_COSINE
 
 ENV = {
     "api_key": "OPENAI_API_KEY",
@@ -29,6 +30,10 @@ ENV = {
 }
 VERIFICATIONS = ("auto", "geoclip", "neighbours", "none")
 FALLBACKS = ("retrieval", "none")
+POOL_SOURCES = ("neighbours", "gps-gallery")
+REFERENCES = ("gallery", "gps-gallery")
+ANSWERS = ("coordinates", "country")
+FEW_SHOT = ("none", "static", "dynamic")
 
 
 @dataclass
@@ -50,16 +55,31 @@ class Settings:
     encoder: str | None = None  # default: the encoder that built the gallery
     gps_collection: str = "geoclip-gps-100k"
     use_gps_gallery: bool = True  # when the store has it and the encoder is geoclip
+    use_gallery: bool = True  # retrieve image neighbours (False: GPS gallery or model only)
     k: int = 16  # similar and dissimilar neighbours retrieved
     gps_k: int = 5  # GeoCLIP GPS-gallery candidates
+    # Benchmarks: leave out gallery entries that are the query photo itself (same id, same
+    # file hash, or an embedding at least duplicate_cosine similar); `eval run` turns it on.
+    exclude_self_matches: bool = False
+    duplicate_cosine: float | None = DUPLICATE_COSINE
     # Prompting (G3-style diversification: one prompt variant per neighbour count).
     prompt: str = "img2loc"
+    references: str = "gallery"  # gallery: neighbours' coordinates; gps-gallery: GeoCLIP's top-k
+    answer: str = "coordinates"  # coordinates | country (LLMGeo: the model names a country)
+    few_shot: str = "none"  # none | static | dynamic: example photos with their countries
+    few_shot_k: int = 5  # example photos per request
+    few_shot_seed: int = 0  # picks the static examples
     variants: tuple[int, ...] = (0, 5, 10, 15)
-    samples: int = 1  # N samples per variant
+    samples: int = 1  # samples per variant, drawn with `n` in one request
+    keep: int | None = None  # the first `keep` samples of each variant are used; None = all
     temperature: float = 0.7
+    max_tokens: int | None = None  # per reply; sent as max_tokens or max_completion_tokens
     max_side: int = 512  # longest side of the image sent to the model
     json_mode: bool = True  # ask for response_format=json_object
-    # Verification and answer.
+    # Verification and answer. The pool is the model's candidates plus the top `pool_k`
+    # coordinates of each retrieval source named in `pool` (neighbours, gps-gallery).
+    pool: tuple[str, ...] = ("neighbours", "gps-gallery")
+    pool_k: int = 5
     verification: str = "auto"
     fallback: str = "retrieval"
     ignore_exif: bool = False
@@ -71,13 +91,26 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.variants = tuple(int(v) for v in self.variants)
-        if self.verification not in VERIFICATIONS:
-            raise unknown_name("verification", self.verification, VERIFICATIONS)
-        if self.fallback not in FALLBACKS:
-            raise unknown_name("fallback", self.fallback, FALLBACKS)
+        self.pool = tuple(self.pool)
+        for name, value, allowed in (
+            ("verification", self.verification, VERIFICATIONS),
+            ("fallback", self.fallback, FALLBACKS),
+            ("references", self.references, REFERENCES),
+            ("answer", self.answer, ANSWERS),
+            ("few_shot", self.few_shot, FEW_SHOT),
+            *(("pool source", p, POOL_SOURCES) for p in self.pool),
+        ):
+            if value not in allowed:
+                raise unknown_name(name, value, allowed)
         checks = [
             (self.k >= 0, "k must be >= 0"),
             (self.samples >= 1, "samples must be >= 1"),
+            (self.keep is None or self.keep >= 1, "keep must be >= 1"),
+            (self.pool_k >= 0, "pool_k must be >= 0"),
+            (self.few_shot_k >= 1, "few_shot_k must be >= 1"),
+            (self.max_tokens is None or self.max_tokens >= 1, "max_tokens must be >= 1"),
+            (self.duplicate_cosine is None or -1.0 <= self.duplicate_cosine <= 1.0,
+             "duplicate_cosine must be within -1..1"),
             (self.variants and all(v >= 0 for v in self.variants), "variants must be neighbour counts >= 0"),
             (0.0 <= self.temperature <= 2.0, "temperature must be within 0..2"),
             (self.max_side >= 32, "max_side must be >= 32"),

@@ -21,18 +21,22 @@ Each timed pass is repeated (``--repeats``) and the best and median pass p50 are
 printed; the warm-up photo (first call: loads the reverse geocoder, the openai
 client, torch kernels) is not timed.
 
-Part 2 -- per chain setting (zero-shot, img2loc, g3, llmgeo-basic,
-llmgeo-few-shot-dynamic, g3 with samples=2): LLM calls per photo, prompt and
-completion tokens per photo and image bytes per request, over ``--token-photos``
-photos. Tokens are what the test server reports: it *estimates* them from text
-length (4 characters per token, 85 per image, 4 per message), so they are a
-relative measure of prompt size, not a real tokenizer's count.
+Part 2 -- per preset (every config in eval/configs, and g3 with one sample per
+variant): HTTP requests, completions (a request with ``n`` returns several), prompt
+and completion tokens per photo, images per request, JPEG bytes per image and the
+verified pool's size, over ``--token-photos`` photos. Tokens are what the test server
+reports: it *estimates* them from text length (4 characters per token, 85 per image,
+4 per message), so they are a relative measure of prompt size, not a real
+tokenizer's count. The geoclip presets run on GeoCLIP's real head and location
+encoder over a tiny random CLIP and a 3000-point GPS gallery (their counts do not
+depend on the CLIP weights).
 
 Usage (from the project root, with the venv active):
   python bench/bench_agent.py                          # build a 500-photo gallery in a temp dir
   python bench/bench_agent.py --store /tmp/bench-agent-store --keep   # build once, keep it
   python bench/bench_agent.py --store /tmp/bench-agent-store          # reuse it
   python bench/bench_agent.py --profile /tmp/agent.prof               # cProfile the timed pass
+  python bench/bench_agent.py --tokens-only --gallery 101-300        # part 2 only
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 from agent.api import GeoAgent  # noqa: E402
 from agent.chain import image_data_url  # noqa: E402
 from agent.settings import Settings  # noqa: E402
-from eval.systems import load_system  # noqa: E402
+from eval.systems import builtin_configs, load_system  # noqa: E402
 from rag_store.encoders import create_encoder  # noqa: E402
 from rag_store.images import load_image  # noqa: E402
 from rag_store.ingest import index_source  # noqa: E402
@@ -77,7 +81,10 @@ ANSWER = json.dumps(
     }
 )
 STEPS = ("metadata", "retrieval", "model", "verification", "answer")
-TOKEN_CONFIGS = ("zero-shot", "img2loc", "g3", "llmgeo-basic", "llmgeo-few-shot-dynamic", "g3+samples=2")
+# Every preset (builtin_configs()), and G3 at the old one-sample setting for comparison.
+TOKEN_CONFIGS = (*builtin_configs(), "g3+samples=1")
+BENCH_GPS = "bench-gps-3k"
+ANSWER_COUNTRY = json.dumps({"clues": ["French street signs"], "reasoning": "Parisian architecture.", "country": "France"})
 
 
 def pct(values: list[float], q: float) -> float:
@@ -117,8 +124,8 @@ def build_gallery(store: Path, header: list[str], rows: list[list[str]], images:
 
 
 def settings_for(config: str, base: Settings) -> Settings:
-    if config == "g3+samples=2":
-        return load_system("g3").settings(base).replace(samples=2)
+    if config == "g3+samples=1":
+        return load_system("g3").settings(base).replace(samples=1, keep=None)
     return load_system(config).settings(base)
 
 
@@ -212,43 +219,53 @@ def report_part1(res: dict, n_photos: int) -> dict:
     return {"best": best, "median": median}
 
 
-def part2(store: Path, photos: list[Path]) -> list[dict]:
+def geoclip_stand_in(store: Path, tmp: Path) -> str:
+    """A tiny random CLIP under GeoCLIP's real head, and a 3000-point GPS gallery in ``store``:
+    the geoclip presets' requests and tokens do not depend on the CLIP weights."""
+    from rag_store.gps_gallery import build_gps_gallery
+    from tests.imagegen import tiny_clip_dir
+
+    build_gps_gallery(open_client(store), name=BENCH_GPS, limit=3000)
+    return f"geoclip:{tiny_clip_dir(tmp / 'tiny-clip', projection_dim=768)}"
+
+
+def part2(store: Path, photos: list[Path], geoclip_encoder: str) -> list[dict]:
     rows = []
     for config in TOKEN_CONFIGS:
-        with OpenAIServer(default=ANSWER, delay=0) as srv:
+        with OpenAIServer(default=ANSWER_COUNTRY if config.startswith("llmgeo") else ANSWER, delay=0) as srv:
             base = Settings(
                 store=str(store), model="test-vlm", base_url=srv.base_url, api_key="sk-test",
-                max_retries=0, timeout=30.0, ignore_exif=True, cache_dir=None,
+                max_retries=0, timeout=30.0, ignore_exif=True, cache_dir=None, gps_collection=BENCH_GPS,
             )
-            agent = GeoAgent.from_settings(settings_for(config, base))
+            settings = settings_for(config, base)
+            if settings.encoder == "geoclip":
+                settings = settings.replace(encoder=geoclip_encoder)
+            agent = GeoAgent.from_settings(settings)
             preds = [agent.locate(p) for p in photos]
             requests = srv.requests
         n = len(photos)
         img_bytes = [len(base64.b64decode(u.split(",", 1)[1])) for r in requests for u in image_urls(r)]
-        url_chars = [len(u) for r in requests for u in image_urls(r)]
-        body_bytes = [len(json.dumps(r)) for r in requests]
         rows.append(
             {
                 "config": config,
-                "calls": sum(p.llm_calls for p in preds) / n,
                 "requests": len(requests) / n,
+                "completions": sum(p.completions for p in preds) / n,
                 "prompt": sum(p.prompt_tokens for p in preds) / n,
                 "completion": sum(p.completion_tokens for p in preds) / n,
+                "images": len(img_bytes) / len(requests) if requests else 0.0,
                 "img_bytes": statistics.mean(img_bytes) if img_bytes else 0.0,
-                "url_chars": statistics.mean(url_chars) if url_chars else 0.0,
-                "body": statistics.mean(body_bytes) if body_bytes else 0.0,
+                "pool": statistics.mean(len(p.candidates) for p in preds),
                 "ok": sum(p.status == "ok" for p in preds),
-                "json": all(r.get("response_format") == {"type": "json_object"} for r in requests),
             }
         )
     print()
-    print(f"== model calls and tokens per photo ({len(photos)} photos per config; tokens are "
-          "ESTIMATED by the test server from text length: ~4 chars/token + 85 per image)")
-    print(f"{'config':>24} {'calls':>6} {'prompt tok':>11} {'compl tok':>10} {'JPEG B/req':>11} "
-          f"{'data URL ch/req':>16} {'body B/req':>11} {'json mode':>9}")
+    print(f"== model requests, completions and tokens per photo ({len(photos)} photos per config; tokens "
+          "are ESTIMATED by the test server from text length: ~4 chars/token + 85 per image)")
+    print(f"{'config':>24} {'requests':>8} {'completions':>11} {'prompt tok':>10} {'compl tok':>9} "
+          f"{'images/req':>10} {'JPEG B/img':>10} {'pool':>5} {'ok':>4}")
     for r in rows:
-        print(f"{r['config']:>24} {r['calls']:>6.2f} {r['prompt']:>11.0f} {r['completion']:>10.0f} "
-              f"{r['img_bytes']:>11.0f} {r['url_chars']:>16.0f} {r['body']:>11.0f} {'yes' if r['json'] else 'NO':>9}")
+        print(f"{r['config']:>24} {r['requests']:>8.2f} {r['completions']:>11.2f} {r['prompt']:>10.0f} "
+              f"{r['completion']:>9.0f} {r['images']:>10.1f} {r['img_bytes']:>10.0f} {r['pool']:>5.1f} {r['ok']:>4}")
     return rows
 
 
@@ -265,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", default="efficientnet-lite0")
     ap.add_argument("--profile", type=Path, help="cProfile the last timed pass into this file")
     ap.add_argument("--skip-tokens", action="store_true")
+    ap.add_argument("--tokens-only", action="store_true", help="only part 2 (requests and tokens per preset)")
     args = ap.parse_args(argv)
 
     def span(text: str) -> slice:
@@ -289,11 +307,13 @@ def main(argv: list[str] | None = None) -> int:
             p.read_bytes()
         print(f"{len(photos)} query photos (rows {args.queries}), gallery rows {args.gallery}, "
               f"encoder {args.encoder}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}", flush=True)
-        with OpenAIServer(default=ANSWER, delay=0) as srv:
-            res = part1(args, store, photos, srv)
-        report_part1(res, len(photos))
+        if not args.tokens_only:
+            with OpenAIServer(default=ANSWER, delay=0) as srv:
+                res = part1(args, store, photos, srv)
+            report_part1(res, len(photos))
         if not args.skip_tokens:
-            part2(store, photos[: args.token_photos])
+            with tempfile.TemporaryDirectory(prefix="bench-agent-clip-") as clip_tmp:
+                part2(store, photos[: args.token_photos], geoclip_stand_in(store, Path(clip_tmp)))
         print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         if tmp is not None and not args.keep:

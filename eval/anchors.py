@@ -92,3 +92,41 @@ def anchors_for(name: str | None) -> tuple[Anchor, ...]:
     """The published anchors of a test set; empty for a dataset without any."""
     dataset, _ = canonical_dataset(name)
     return ANCHORS.get(dataset, ()) if dataset else ()
+
+
+LLMGEO = Citation(
+    "Wang et al.",
+    "LLMGeo: Benchmarking Large Language Models on Image Geolocation In-the-wild",
+    "arXiv 2405.20363", 2024,
+)
+
+
+@dataclass(frozen=True)
+class CountryAnchor:
+    """A published country accuracy (%) of one model with one LLMGeo prompt."""
+
+    model: str
+    config: str  # the geoagent config that follows the prompt
+    accuracy: float
+    citation: Citation = LLMGEO
+
+
+# LLMGeo's table "LLMs' accuracy results with different prompts before finetune", on its own
+# test set (1,000 Google Street View images, 82 countries; not Im2GPS3k), as given in the
+# repository README (github.com/yeyimilk/LLMGeo). S-5-shot / D-5-shot are the static and
+# dynamic 5-shot prompts; GPT-4V has no few-shot figures there.
+LLMGEO_COUNTRY: tuple[CountryAnchor, ...] = (
+    CountryAnchor("GPT-4V", "llmgeo-basic", 10.2),
+    CountryAnchor("GPT-4V", "llmgeo-must-answer", 51.3),
+    CountryAnchor("GPT-4V", "llmgeo-tips", 42.2),
+    CountryAnchor("Gemini", "llmgeo-basic", 66.6),
+    CountryAnchor("Gemini", "llmgeo-must-answer", 66.0),
+    CountryAnchor("Gemini", "llmgeo-tips", 67.0),
+    CountryAnchor("Gemini", "llmgeo-few-shot-static", 74.1),
+    CountryAnchor("Gemini", "llmgeo-few-shot-dynamic", 73.6),
+)
+
+
+def country_anchors_for(configs: list[str]) -> tuple[CountryAnchor, ...]:
+    """LLMGeo's published country accuracies of the prompts among ``configs``."""
+    return tuple(a for a in LLMGEO_COUNTRY if a.config in configs)

@@ -106,6 +106,7 @@ def run_command(
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Model reply cache (default: the user cache dir).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the reply cache.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped run: `--resume RUN_DIR` reads everything else from RUN_DIR/run.json.")] = False,
+    allow_self_match: Annotated[bool, typer.Option("--allow-self-match", help="Let an item retrieve its own photo from the gallery (default: off, so the same id, the same file or a near-copy is left out).")] = False,
 ) -> None:
     """Run system presets over a dataset; every item is recorded as it finishes."""
     from agent.settings import Settings
@@ -118,6 +119,7 @@ def run_command(
         # `--resume RUN_DIR`: the run's own record says what it was; flags may change only the pace.
         run_dir, declared = run_file, _recorded_invocation(run_file)
         run_file = None
+        allow_self_match = allow_self_match or bool(declared.pop("allow_self_match", False))
     else:
         declared = read_run_file(run_file) if run_file else {"dataset": {}}
     ds = declared.pop("dataset")
@@ -161,9 +163,11 @@ def run_command(
         "configs": [_absolute_ref(r, base_dir) for r in refs],
         "settings": recorded,
         "concurrency": n_parallel,
+        "allow_self_match": allow_self_match,
     }
     extra = {"dataset_kind": data.kind, "invocation": invocation, "setup": run_setup(base, data)}
-    spec = RunSpec(Path(out_dir), data, loaded, base, concurrency=n_parallel, extra=extra)
+    spec = RunSpec(Path(out_dir), data, loaded, base, concurrency=n_parallel, extra=extra,
+                   allow_self_match=allow_self_match)
     typer.echo(f"run {spec.run_dir}: {len(data.samples)} items x {len(loaded)} systems ({', '.join(s.name for s in loaded)})", err=True)
     try:
         metrics = run(spec, resume=resume, progress=_progress_printer())
@@ -209,6 +213,7 @@ def _recorded_invocation(run_dir: Path) -> dict:
     declared["dataset"] = dict(invocation["dataset"])
     declared["configs"] = list(invocation.get("configs") or [])
     declared["concurrency"] = invocation.get("concurrency")
+    declared["allow_self_match"] = bool(invocation.get("allow_self_match", False))
     return declared
 
 

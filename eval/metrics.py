@@ -87,6 +87,8 @@ class ScoredItem:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_s: float | None = None
+    excluded_self_matches: int | None = None  # gallery entries left out as its own photo
+    answer_country: str | None = None  # the ISO code the model named (LLMGeo); None: not asked
 
     @property
     def answered(self) -> bool:
@@ -127,6 +129,10 @@ class Metrics:
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None
     models: list[str] = field(default_factory=list)
+    # Items whose own photo was in the gallery (and left out of retrieval); None: unknown.
+    n_self_matched: int | None = None
+    # LLMGeo's headline: % of all items whose named country is the truth's; None: not asked.
+    named_country_acc: float | None = None
 
     @property
     def n_failed(self) -> int:
@@ -153,10 +159,12 @@ class Metrics:
 
     def table(self, title: str = "") -> str:
         """The metrics as an aligned plain-text table (what ``geoagent eval score`` prints)."""
-        rows: list[tuple[str, str]] = [
-            ("items (truth set)", str(self.n_items)),
-            ("answered", f"{self.n_answered} ({self.answer_rate:.1f}%)"),
-        ]
+        rows: list[tuple[str, str]] = [("items (truth set)", str(self.n_items))]
+        if self.named_country_acc is not None:
+            rows.append(("named-country accuracy (headline)", f"{self.named_country_acc:.2f}%"))
+        rows.append(("answered", f"{self.n_answered} ({self.answer_rate:.1f}%)"))
+        if self.n_self_matched:
+            rows.append(("own photo in gallery (left out)", str(self.n_self_matched)))
         if self.n_fallback:
             rows.append(("  of which retrieval fallback", str(self.n_fallback)))
         rows += [
@@ -408,6 +416,7 @@ def compute_metrics(
     country = region = city = None
     if geography:
         country, region, city = admin_accuracy(items)
+    named = named_country_accuracy(items)
 
     ran = [i for i in items if i.status != "missing"]
     usage_known = bool(ran) and all(i.llm_calls is not None for i in ran)
@@ -426,7 +435,10 @@ def compute_metrics(
         n_answered=n_answered,
         n_fallback=sum(1 for i in items if i.status == "fallback" and i.answered),
         n_refused=counts["refused"],
-        n_unparseable=counts["unparseable"] + sum(1 for i in items if i.status in ANSWERED_STATUSES and not i.answered),
+        # An LLMGeo answer that names a country without coordinates is an answer, not unparseable.
+        n_unparseable=counts["unparseable"] + sum(
+            1 for i in items if i.status in ANSWERED_STATUSES and not i.answered and not i.answer_country
+        ),
         n_error=counts["error"],
         n_missing=counts["missing"],
         thresholds_km=thresholds,
@@ -446,4 +458,29 @@ def compute_metrics(
         latency_p50_s=percentile(latencies, 50),
         latency_p95_s=percentile(latencies, 95),
         models=sorted({i.model for i in ran if i.model}),
+        n_self_matched=(
+            sum(1 for i in ran if i.excluded_self_matches)
+            if ran and any(i.excluded_self_matches is not None for i in ran) else None
+        ),
+        named_country_acc=named,
     )
+
+
+def named_country_accuracy(items: Sequence[ScoredItem]) -> float | None:
+    """% of ALL items whose model-named country (ISO code) is the truth's (LLMGeo's metric).
+
+    None when no item was asked for a country. Unknown, none and unanswered are misses.
+    """
+    if not any(i.answer_country is not None for i in items):
+        return None
+    from agent.geo import country_code, reverse_geocode
+
+    need = [i for i in items if i.truth_country is None]
+    truth = dict(zip((id(i) for i in need), reverse_geocode([(i.truth_lat, i.truth_lon) for i in need]), strict=True))
+    hits = 0
+    for item in items:
+        code = item.answer_country or ""
+        t = item.truth_country if item.truth_country is not None else truth[id(item)].country_code
+        t = t if len(t.strip()) == 2 else country_code(t)
+        hits += bool(code) and code.upper() == t.strip().upper()
+    return 100.0 * hits / len(items) if items else 0.0

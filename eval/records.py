@@ -69,6 +69,8 @@ def make_record(
         "scores": scores,
         "timings": dict(timings or {}),
         "error": error,
+        # Gallery entries left out because they are this item's own photo (0: none in the gallery).
+        "excluded_self_matches": int((output or {}).get("excluded_self_matches") or 0),
     }
 
 
@@ -144,6 +146,8 @@ def record_to_item(record: dict[str, Any]) -> ScoredItem:
         prompt_tokens=_number(output.get("prompt_tokens"), int) or 0 if output else 0,
         completion_tokens=_number(output.get("completion_tokens"), int) or 0 if output else 0,
         latency_s=_number(latency, float),
+        excluded_self_matches=_number(record.get("excluded_self_matches"), int),
+        answer_country=output.get("answer_country") if output else None,
     )
 
 

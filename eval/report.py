@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.anchors import Anchor, anchors_for, canonical_dataset
+from eval.anchors import LLMGEO, Anchor, anchors_for, canonical_dataset, country_anchors_for
 from eval.metrics import THRESHOLDS_KM, Metrics, ScoredItem, compute_metrics, distances_km
 from eval.records import RESULTS_FILE, items_by_config, read_results, read_run_info
 from rag_store.errors import InputError
@@ -343,6 +343,29 @@ FILTER_SCRIPT = """<script>
 </script>"""
 
 
+def country_rows(metrics: dict[str, Metrics]) -> tuple[list[str], list[list[str]], str]:
+    """(header, rows, citation) of named-country accuracy: our LLMGeo configs, then LLMGeo's
+    published figures for the same prompts (on LLMGeo's own test set). Empty without any."""
+    ours = {name: m for name, m in metrics.items() if m.named_country_acc is not None}
+    if not ours:
+        return [], [], ""
+    header = ["System", "Items", "Country accuracy %"]
+    rows = [[name, str(m.n_items), f"{m.named_country_acc:.1f}"] for name, m in ours.items()]
+    published = country_anchors_for(list(ours))
+    rows += [[f"{a.model}, {a.config} [LLMGeo test set] (published)", DASH, f"{a.accuracy:.1f}"] for a in published]
+    return header, rows, str(LLMGEO) if published else ""
+
+
+def self_match_note(metrics: dict[str, Metrics]) -> str:
+    """How many items had their own photo in the gallery (left out of their retrieval)."""
+    counts = {name: m.n_self_matched for name, m in metrics.items() if m.n_self_matched}
+    if not counts:
+        return ""
+    per = ", ".join(f"{name}: {n}" for name, n in counts.items())
+    return (f"Items whose own photo was in the gallery (left out of their neighbours, examples and "
+            f"candidates): {per}.")
+
+
 # ---- figures ---------------------------------------------------------------------
 
 
@@ -547,6 +570,9 @@ def build_report(
     ci_header, ci_body = ci_rows(metrics)
     cnt_header, cnt_body = count_rows(metrics, superseded)
     notes = _notes(dataset, canonical, subset, metrics)
+    if note := self_match_note(metrics):
+        notes.append(note)
+    country_header, country_body, country_cite = country_rows(metrics)
     dataset_info = info.get("dataset_info")
     planned = dataset_info.get("size") if isinstance(dataset_info, dict) else None
     n_seen = next(iter(metrics.values())).n_items if metrics else 0
@@ -579,6 +605,9 @@ def build_report(
         md += [f"*{comparable}*", ""]
     md += ["## 95% bootstrap confidence intervals (accuracy %, GeoScore)", "", _md_table(ci_header, ci_body), ""]
     md += ["## Counts", "", _md_table(cnt_header, cnt_body), ""]
+    if country_body:
+        md += ["## Country accuracy (LLMGeo's metric)", "", _md_table(country_header, country_body), ""]
+        md += ([f"Published: {country_cite}.", ""] if country_cite else [])
     md += ["## Calibration of confidence", "", cal_note, "", _md_table(cal_header, cal_body), ""]
     md += [f"- {e}" for e in eces] + [""]
     md += ["## Worst errors", "", _md_table(worst_header, worst_body) if worst_body else "No answered items.", ""]
@@ -612,6 +641,9 @@ def build_report(
         f"<h2 id=\"calibration\">Calibration of confidence</h2><p class=\"note\">{html.escape(cal_note)}</p>"
         f"{_html_table(cal_header, cal_body)}<ul>{''.join(f'<li>{html.escape(e)}</li>' for e in eces)}</ul>"
         f"<h2>Worst errors</h2>{_html_table(worst_header, worst_body)}"
+        + (f"<h2>Country accuracy (LLMGeo's metric)</h2>{_html_table(country_header, country_body)}"
+           + (f"<p>Published: {html.escape(country_cite)}.</p>" if country_cite else "") if country_body else "")
+        + ""
         + (f"<h2>Published anchors</h2><ol>{cites}</ol>" if citations else "")
         + f"<h2>Figures</h2>{images}"
         f"<h2 id=\"items\">Items</h2>{item_view_html(latest, run_dir)}</body></html>"

@@ -31,6 +31,7 @@ from agent.errors import (
     ModelUnavailable,
 )
 from agent.settings import Settings
+from prompts import prompt_fingerprint
 from rag_store.outputs import write_output
 
 from .datasets import Dataset, Sample
@@ -49,16 +50,64 @@ class RunSpec:
     base: Settings  # the run's model, endpoint, store and cache
     concurrency: int = 8
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in run.json
+    # Off: a gallery entry that is the evaluated photo itself is never retrieved (see SelfMatch).
+    allow_self_match: bool = False
+
+    def config_settings(self, system: SystemConfig) -> Settings:
+        """The settings one config's agent runs with."""
+        return system.settings(self.base).replace(exclude_self_matches=not self.allow_self_match)
 
     def identity(self) -> dict[str, Any]:
-        """What must match for ``resume`` to continue this run rather than another."""
+        """What must match for ``resume`` to continue this run rather than another.
+
+        Per config: every setting that changes answers (not the transport ones) and the
+        SHA-256 of each prompt template file it renders from.
+        """
         ids = hashlib.sha256("\n".join(s.id for s in self.dataset.samples).encode()).hexdigest()
-        return {
+        configs = {}
+        for system in self.systems:
+            settings = self.config_settings(system).public_dict()
+            configs[system.name] = {
+                "settings": {k: v for k, v in settings.items() if k not in TRANSPORT_SETTINGS},
+                "prompt": prompt_fingerprint(settings["prompt"]),
+            }
+        return json.loads(json.dumps({
             "dataset": self.dataset.name,
             "items_sha256": ids,
-            "configs": {s.name: s.overrides for s in self.systems},
+            "configs": configs,
             "model": self.base.model,
-        }
+            "self_match": "allowed" if self.allow_self_match else "excluded",
+        }, default=str))
+
+
+# Settings that change how a run reaches its endpoint and store, not what it answers.
+TRANSPORT_SETTINGS = {
+    "base_url", "timeout", "max_retries", "concurrency", "rate_limit", "cache_dir",
+    "url_max_bytes", "url_timeout", "chroma_url",
+}
+
+
+def identity_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two run identities, in words: "config 'g3' prompt file g3.user.txt"."""
+    changes = []
+    for key in current:
+        if key == "configs":
+            continue
+        if previous.get(key) != current[key]:
+            changes.append(key)
+    before, now = previous.get("configs") or {}, current["configs"]
+    for name in sorted(set(before) ^ set(now)):
+        changes.append(f"config {name!r} {'added' if name in now else 'removed'}")
+    for name in now:
+        if name not in before or not isinstance(before[name], dict):
+            continue
+        old = before[name]
+        for part, what in (("settings", "setting"), ("prompt", "prompt file")):
+            a, b = old.get(part) or {}, now[name][part]
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            if keys:
+                changes.append(f"config {name!r} {what}{'s' if len(keys) > 1 else ''} {', '.join(keys)}")
+    return changes
 
 
 def _repair_tail(path: Path) -> None:
@@ -90,10 +139,10 @@ def prepare_run_dir(spec: RunSpec, resume: bool) -> set[tuple[str, str]]:
             raise ConfigError(f"nothing to resume in {run_dir}: it has no {RUN_FILE}; start the run without --resume")
         previous = json.loads(info.read_text(encoding="utf-8")).get("identity", {})
         if previous != identity:
-            changed = sorted(k for k in identity if previous.get(k) != identity[k])
+            changed = identity_changes(previous, identity) or ["identity"]
             raise ConfigError(
-                f"{run_dir} holds a different run (changed: {', '.join(changed)}): "
-                f"resume with the same dataset, configs and model, or use another --run-dir"
+                f"{run_dir} holds a different run (changed: {'; '.join(changed)}): resume with the "
+                f"same dataset, configs, prompts, settings and model, or use another --run-dir"
             )
         if results.is_file():
             _repair_tail(results)
@@ -104,7 +153,7 @@ def prepare_run_dir(spec: RunSpec, resume: bool) -> set[tuple[str, str]]:
         "identity": identity,
         "dataset": spec.dataset.name,
         "dataset_info": spec.dataset.describe(),
-        "configs": [{"name": s.name, "description": s.description, "settings": s.settings(spec.base).public_dict()} for s in spec.systems],
+        "configs": [{"name": s.name, "description": s.description, "settings": spec.config_settings(s).public_dict()} for s in spec.systems],
         "concurrency": spec.concurrency,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **spec.extra,
@@ -116,7 +165,7 @@ def prepare_run_dir(spec: RunSpec, resume: bool) -> set[tuple[str, str]]:
 def build_agents(spec: RunSpec) -> dict[str, GeoAgent]:
     agents = {}
     for system in spec.systems:
-        settings = system.settings(spec.base.replace(concurrency=max(spec.concurrency, spec.base.concurrency)))
+        settings = spec.config_settings(system).replace(concurrency=max(spec.concurrency, spec.base.concurrency))
         if settings.model is None and not system.retrieval_only:
             raise ConfigError(f"config {system.name!r} needs a model: pass --model (and --base-url)")
         agents[system.name] = GeoAgent.from_settings(settings)
@@ -151,7 +200,9 @@ async def run_async(spec: RunSpec, *, resume: bool = False, progress: Progress |
             started = time.perf_counter()
             output, error = None, None
             try:
-                prediction = await agents[system.name].alocate(sample.image)
+                # The item's id is the gallery id of its photo when the gallery came from the
+                # same CSV: never its own neighbour (unless --allow-self-match).
+                prediction = await agents[system.name].alocate(sample.image, exclude_ids=(sample.id,))
                 output = prediction.to_dict()
                 error = prediction.error
             except ModelTimeout as exc:  # this item's calls timed out: its record says so

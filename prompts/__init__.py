@@ -51,6 +51,17 @@ def load_prompt(name: str) -> PromptTemplate:
     return PromptTemplate(name, system, _read(f"{name}.user.txt"))
 
 
+def prompt_fingerprint(name: str) -> dict[str, str]:
+    """SHA-256 of every template file a prompt renders from (its own and the shared parts),
+    by file name: part of a benchmark run's identity, so that an edited prompt is noticed."""
+    import hashlib
+
+    load_prompt(name)  # an unknown name raises here
+    files = [f"{name}.user.txt", f"{name}.system.txt" if (PROMPTS_DIR / f"{name}.system.txt").exists() else "_system.txt"]
+    files += sorted(p.name for p in PROMPTS_DIR.glob("_*.txt") if p.name != "_system.txt")
+    return {f: hashlib.sha256(_read(f).encode("utf-8")).hexdigest() for f in files}
+
+
 def shared_part(name: str) -> str:
     """A shared part such as ``_similar.txt``, by name without the underscore and suffix."""
     return _read(f"_{name}.txt")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import os
 import time
 from collections import Counter, deque
@@ -26,7 +27,7 @@ from .encoders import Encoder
 from .errors import ImageError, OutputError, SourceError
 from .images import IMAGE_SUFFIXES, load_image, read_exif_gps
 from .outputs import open_output
-from .store import Gallery
+from .store import Gallery, file_sha256
 from .tables import ID_COLUMNS, LAT_COLUMNS, LON_COLUMNS, PLACE_COLUMNS, read_csv
 
 
@@ -40,6 +41,7 @@ class Record:
     lon: float | None = None
     # country / region / city when the CSV gives them (OSV-5M): benchmark truth, not stored.
     places: tuple[tuple[str, str], ...] = ()
+    sha256: str = ""  # of the file, stored so that a benchmark can tell a query's own photo
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,7 @@ def _prepare(record: Record, encoder: Encoder) -> tuple[Record, torch.Tensor] | 
         if gps is None:
             return Skip(record.image_id, "no EXIF GPS", f"{record.path} has no usable GPS in its EXIF")
         record = Record(record.image_id, record.path, gps[0], gps[1], record.places)
+    record = dataclasses.replace(record, sha256=file_sha256(record.path.read_bytes()))
     return record, encoder.preprocess(image)
 
 
@@ -245,7 +248,9 @@ def index_source(
         ids = [r.image_id for r, _ in batch]
         vectors = encoder.forward(torch.stack([t for _, t in batch]))
         metas = [
-            {"lat": r.lat, "lon": r.lon, "image_id": r.image_id, "source": source_name}
+            # sha256: self-match exclusion in benchmarks; path: few-shot example photos.
+            {"lat": r.lat, "lon": r.lon, "image_id": r.image_id, "source": source_name,
+             "sha256": r.sha256, "path": str(r.path.resolve())}
             for r, _ in batch
         ]
         if pending_write is not None:

@@ -7,10 +7,11 @@ dimension that built it, and refuses vectors from any other encoder.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -114,10 +115,72 @@ class Neighbour:
 
 @dataclass(frozen=True)
 class Retrieval:
-    """Most similar (positives) and least similar (negatives) gallery entries of a query."""
+    """Most similar (positives) and least similar (negatives) gallery entries of a query.
+
+    ``self_matches``: entries that are the query photo itself (see ``SelfMatch``), most
+    similar first; left out of ``positives`` / ``negatives`` when the query excluded them.
+    """
 
     positives: list[Neighbour]
     negatives: list[Neighbour]
+    self_matches: list[Neighbour] = field(default_factory=list)
+
+
+def file_sha256(data: bytes) -> str:
+    """The content hash recorded per gallery entry (metadata ``sha256``) and per query."""
+    return hashlib.sha256(data).hexdigest()
+
+
+# Cosine at or above which two embeddings are one photo. Measured with efficientnet-lite0 on
+# the 990 Im2GPS3k dev photos (bench/bench_selfmatch.py, bench/RESULTS.md): a photo re-saved
+# as JPEG q90 at full size keeps cosine >= 0.980 with itself, while the most similar pair of
+# distinct photos reaches 0.843 (p99 of each photo's nearest other: 0.803). Downscaled copies
+# fall to 0.70 (half size) and 0.46 (a third): those only the id or the file hash can catch.
+DUPLICATE_COSINE = 0.95
+
+
+@dataclass(frozen=True)
+class SelfMatch:
+    """What marks a gallery entry as the query photo itself.
+
+    Same image id, same file content (``sha256`` recorded at index time; galleries built
+    before have none and are matched by id), or an embedding at least ``min_cosine``
+    similar to the query's (a copy under another name). A benchmark query must never
+    retrieve itself: its neighbours would hand over the answer.
+    """
+
+    image_ids: frozenset[str] = frozenset()
+    sha256: str | None = None
+    min_cosine: float | None = DUPLICATE_COSINE
+
+    def matches(self, image_id: str, meta: dict, similarity: float) -> bool:
+        if image_id in self.image_ids:
+            return True
+        if self.sha256 and meta.get("sha256") == self.sha256:
+            return True
+        return self.min_cosine is not None and similarity >= self.min_cosine
+
+
+@dataclass(frozen=True)
+class _Hit:
+    """One search result with its raw metadata (for self-match checks)."""
+
+    image_id: str
+    meta: dict
+    similarity: float
+
+    @property
+    def source(self) -> str:
+        return str(self.meta.get("source", ""))
+
+    def neighbour(self) -> Neighbour:
+        return Neighbour(
+            image_id=self.image_id,
+            lat=float(self.meta["lat"]),
+            lon=float(self.meta["lon"]),
+            similarity=self.similarity,
+            source=self.source,
+        )
 
 
 def _check_name(name: str) -> str:
@@ -213,11 +276,21 @@ class Gallery:
             )
         self.collection.upsert(ids=list(ids), embeddings=embeddings, metadatas=list(metadatas))
 
-    def query(self, embedding: np.ndarray, k: int = 16, negatives: int | None = None) -> Retrieval:
+    def query(
+        self,
+        embedding: np.ndarray,
+        k: int = 16,
+        negatives: int | None = None,
+        *,
+        self_match: SelfMatch | None = None,
+        exclude: bool = True,
+    ) -> Retrieval:
         """Top-``k`` most similar entries and top-``negatives`` (default ``k``) least similar.
 
         Negatives are the nearest neighbours of the negated query: in cosine space
         they are the entries pointing most away from it (Img2Loc's "dissimilar" images).
+        Entries that ``self_match`` recognises as the query photo go to ``self_matches``;
+        with ``exclude`` they are left out of both lists (which still hold ``k`` entries).
         """
         q = np.asarray(embedding, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
@@ -228,15 +301,40 @@ class Gallery:
         n_neg = k if negatives is None else negatives
         k, n_neg = max(0, k), max(0, n_neg)
         signs = [sign for sign, n in ((1.0, k), (-1.0, n_neg)) if n > 0]
-        if not signs:
+        if not signs and self_match is None:
             return Retrieval([], [])
-        # One Chroma call for both searches, and no count() round trip: each call costs
-        # ~1-2 ms of fixed overhead, more than the HNSW search itself (bench/bench_store.py).
-        found = self._search(np.stack([sign * q for sign in signs]), max(k, n_neg))
-        lists = dict(zip(signs, found, strict=True))
-        pos = self._neighbours(lists[1.0], k, 1.0) if k else []
-        neg = self._neighbours(lists[-1.0], n_neg, -1.0) if n_neg else []
-        return Retrieval(pos, neg)
+        signs = signs or [1.0]
+        # A few spare results so that ``k`` remain after leaving out the query's own copies.
+        spare = 4 if self_match is not None else 0
+        n = max(k, n_neg, 1) + spare
+        while True:
+            # One Chroma call for both searches, and no count() round trip: each call costs
+            # ~1-2 ms of fixed overhead, more than the HNSW search itself (bench/bench_store.py).
+            found = self._search(np.stack([sign * q for sign in signs]), n)
+            lists = {sign: self._neighbours(f, sign) for sign, f in zip(signs, found, strict=True)}
+            matched = [x for x in lists.get(1.0, []) if self_match and self_match.matches(x.image_id, x.meta, x.similarity)]
+            # More copies than spare results (and the gallery may hold more): search deeper.
+            if self_match is None or len(matched) < spare or len(found[0][0]) < n:
+                break
+            spare, n = spare * 4, n + spare * 3
+        ids = {(m.image_id, m.source) for m in matched}
+        if self_match is not None:
+            ids |= {
+                (x.image_id, x.source)
+                for x in lists.get(-1.0, [])
+                if self_match.matches(x.image_id, x.meta, -2.0)  # by id or hash only
+            }
+
+        def keep(xs: list[_Hit], count: int) -> list[Neighbour]:
+            if exclude:
+                xs = [x for x in xs if (x.image_id, x.source) not in ids]
+            return [x.neighbour() for x in xs[:count]]
+
+        return Retrieval(
+            keep(lists.get(1.0, []), k),
+            keep(lists.get(-1.0, []), n_neg),
+            [m.neighbour() for m in matched],
+        )
 
     def _search(self, queries: np.ndarray, n: int) -> list[tuple[list, list, list]]:
         """(ids, metadatas, distances) of the ``n`` nearest entries of each query row."""
@@ -255,23 +353,27 @@ class Gallery:
         return list(zip(res["ids"], res["metadatas"], res["distances"], strict=True))
 
     @staticmethod
-    def _neighbours(found: tuple[list, list, list], n: int, sign: float) -> list[Neighbour]:
+    def _neighbours(found: tuple[list, list, list], sign: float) -> list[_Hit]:
         out = []
-        for id_, meta, dist in list(zip(*found, strict=True))[:n]:
+        for id_, meta, dist in zip(*found, strict=True):
             # Chroma's cosine distance is 1 - cos(x, query); for the negated query cos flips sign.
-            similarity = sign * (1.0 - float(dist))
-            point, _ = check_latlon((meta or {}).get("lat"), (meta or {}).get("lon"))
+            meta = meta or {}
+            point, _ = check_latlon(meta.get("lat"), meta.get("lon"))
             if point is None:
                 continue  # an entry whose stored position was damaged is no evidence
-            out.append(
-                Neighbour(
-                    image_id=str(meta.get("image_id", id_)),
-                    lat=point.lat,
-                    lon=point.lon,
-                    similarity=similarity,
-                    source=str(meta.get("source", "")),
-                )
-            )
+            meta = {**meta, "lat": point.lat, "lon": point.lon}
+            out.append(_Hit(str(meta.get("image_id", id_)), meta, sign * (1.0 - float(dist))))
+        return out
+
+    def metadatas(self, ids: Sequence[str] | None = None, batch: int = 10000) -> list[dict]:
+        """The metadata of the entries ``ids`` (in that order; unknown ids left out), or of all."""
+        if ids is not None:
+            res = self.collection.get(ids=list(ids), include=["metadatas"]) if ids else {"ids": [], "metadatas": []}
+            found = dict(zip(res["ids"], res["metadatas"], strict=True))
+            return [found[i] for i in ids if i in found]
+        out: list[dict] = []
+        for offset in range(0, self.count(), batch):
+            out.extend(self.collection.get(limit=batch, offset=offset, include=["metadatas"])["metadatas"])
         return out
 
     def all_embeddings(self, batch: int = 10000) -> tuple[list[str], np.ndarray, list[dict]]:

@@ -112,3 +112,28 @@ def tiny_clip_dir(path, projection_dim: int, seed: int = 0):
     torch.manual_seed(seed)
     CLIPModel(config).eval().save_pretrained(path)
     return path
+
+
+def scene_jpeg(path: Path, seed: int, size: tuple[int, int] = (160, 120)) -> Path:
+    """A coarse random 'scene' (blocks of colour, stripes, a disc), different for every seed.
+
+    Unlike ``noise_jpeg``, whose images all look alike to an image encoder (cosine ~0.98),
+    two scenes are as far apart as two distinct real photos: a gallery of them has
+    neighbours that are not near-copies.
+    """
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    grid = rng.uniform(0, 255, (rng.integers(2, 6), rng.integers(2, 6), 3)).astype(np.uint8)
+    im = Image.fromarray(grid, "RGB").resize(size, Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(2, 8))):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        draw.line((x0, y0, x1, y1), fill=colour, width=int(rng.integers(2, 12)))
+    cx, cy, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(8, 40))
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    im.save(path, "JPEG", quality=90)
+    return path

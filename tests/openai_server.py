@@ -82,6 +82,22 @@ def _error_body(status: int, message: str | None = None, code: str | None = None
     }
 
 
+def _unsupported(param: str) -> dict:
+    """HTTP 400 body of a parameter the model does not support, worded like OpenAI's."""
+    if param == "max_tokens":
+        message = (
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead."
+        )
+    elif param == "temperature":
+        message = "Unsupported value: 'temperature' does not support this value with this model. Only the default (1) value is supported."
+    else:
+        message = f"Unsupported parameter: '{param}' is not supported with this model."
+    body = _error_body(400, message, "unsupported_parameter")
+    body["error"]["param"] = param
+    return body
+
+
 def _estimate_tokens(text: str) -> int:
     """Roughly four characters per token, like the tokenizer rule of thumb."""
     return math.ceil(len(text) / 4) if text else 0
@@ -382,8 +398,19 @@ class _Handler(BaseHTTPRequestHandler):
             msg = "Incorrect API key provided. You can find your API key in your settings."
             self._send(401, _error_body(401, msg, "invalid_api_key"))
             return
+        rejected = next((p for p in owner.rejects if p in body), None)
+        if rejected is not None:
+            self._send(400, _unsupported(rejected))
+            return
         owner._saw_model(body["model"])
+        n = body.get("n") or 1
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            self._send(400, _error_body(400, f"Invalid value for 'n': {n!r}."))
+            return
+        if owner.max_choices is not None:
+            n = min(n, owner.max_choices)
         reply, extra_headers = owner._next_reply(body)
+        others = [owner._next_reply(body)[0] for _ in range(n - 1)] if not reply.is_error else []
         owner._enter()
         try:
             owner._sleep(owner.delay + reply.delay)
@@ -394,7 +421,15 @@ class _Handler(BaseHTTPRequestHandler):
             elif body.get("stream"):
                 self._stream(body, reply, reply.wire_tool_calls())
             else:
-                self._send(200, _completion(body, reply, reply.wire_tool_calls()), reply.headers)
+                completion = _completion(body, reply, reply.wire_tool_calls())
+                for other in others:
+                    more = _completion(body, other, other.wire_tool_calls())
+                    choice = more["choices"][0]
+                    choice["index"] = len(completion["choices"])
+                    completion["choices"].append(choice)
+                    completion["usage"]["completion_tokens"] += more["usage"]["completion_tokens"]
+                    completion["usage"]["total_tokens"] += more["usage"]["completion_tokens"]
+                self._send(200, completion, reply.headers)
         finally:
             owner._leave()
 
@@ -596,6 +631,11 @@ class OpenAIServer:
         models: names listed by ``GET /v1/models`` (request models are added as seen).
         api_key: when set, chat requests must carry ``Authorization: Bearer <api_key>``
             or get a 401 ``invalid_api_key`` error.
+        rejects: request parameters this endpoint refuses, as reasoning models do: a
+            request carrying one gets HTTP 400 naming it (``param`` and message), e.g.
+            ``rejects=("temperature", "n")`` or ``("max_tokens",)``.
+        max_choices: the most choices one request gets (``n`` beyond it is cut, as some
+            servers do); default: as many as ``n`` asks. Each choice is the next reply.
 
     Start it with ``with`` (or :meth:`start`/:meth:`close`). Received requests are in
     :attr:`requests` (chat bodies) and :attr:`received` (every request, with headers).
@@ -610,6 +650,8 @@ class OpenAIServer:
         delay: float = 0.0,
         models: Iterable[str] = ("test-vlm",),
         api_key: str | None = None,
+        rejects: Iterable[str] = (),
+        max_choices: int | None = None,
     ) -> None:
         if responder is not None and default is not None:
             raise ValueError("give either default= or responder=, not both")
@@ -617,6 +659,8 @@ class OpenAIServer:
             responder, default = default, None
         self.delay = float(delay)
         self.api_key = api_key
+        self.rejects = tuple(rejects)
+        self.max_choices = max_choices
         self._default: Reply | None = None if default is None else _as_reply(default)
         self._responder = responder
         self._queue: deque[Reply] = deque(_as_reply(r) for r in replies)

@@ -62,12 +62,13 @@ def test_neighbour_coordinates_appear_in_prompt(store, query_photo):
     assert f"({prediction.neighbours[7].lat:.4f}, {prediction.neighbours[7].lon:.4f})" not in with_refs
 
 
-def test_k_variants_times_n_samples_calls(store, query_photo):
+def test_one_request_per_variant_draws_its_samples_with_n(store, query_photo):
     with OpenAIServer(default=ANSWER) as srv:
         p = make_agent(store, srv, variants=(0, 5, 10, 15), samples=2).locate(query_photo)
-        assert len(srv.requests) == 8
+        assert len(srv.requests) == 4
         assert {r["temperature"] for r in srv.requests} == {0.7}
-    assert p.llm_calls == 8
+        assert [r["n"] for r in srv.requests] == [2, 2, 2, 2]
+    assert p.llm_calls == 4 and p.completions == 8
     assert p.model_outcomes == {"ok": 8}
     assert p.prompt_tokens > 0 and p.completion_tokens > 0
 

@@ -13,6 +13,12 @@ from agent.settings_doc import END, START, markdown_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OTHER_TOOLS = {"--no-deps"}  # flags of pip, named where the README explains the set-up
+# Flags of the benchmark scripts, whose commands the README quotes beside their figures.
+BENCH_FLAGS = {
+    flag
+    for script in (Path(__file__).resolve().parent.parent / "bench").glob("*.py")
+    for flag in re.findall(r"""add_argument\(\s*["'](--[a-z][a-z-]*)""", script.read_text())
+}
 
 
 def _commands() -> dict[str, click.Command]:
@@ -60,9 +66,9 @@ def test_every_flag_the_readme_names_exists():
             checked += 1
     assert checked > 20
     # Flags named in the prose exist on some command.
-    every = set().union(*(_flags(c) for c in commands.values())) | OTHER_TOOLS
+    every = set().union(*(_flags(c) for c in commands.values())) | OTHER_TOOLS | BENCH_FLAGS
     for flag in set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text)):
-        assert flag in every, f"README names {flag}, which no geoagent command has"
+        assert flag in every, f"README names {flag}, which no geoagent command or bench script has"
 
 
 def test_readme_states_the_one_meaning_of_confidence():

@@ -162,7 +162,7 @@ def test_run_file_with_includes(bench, tmp_path):
         )
         run = subprocess.run([*CLI, "eval", "run", str(run_file), "--no-cache"], capture_output=True, text=True, timeout=300, env=_env())
         assert run.returncode == 0, run.stderr
-        assert "You must give your best guess" in srv.requests[0]["messages"][1]["content"][0]["text"]
+        assert "Useful signs" in srv.requests[0]["messages"][1]["content"][0]["text"]  # the tips prompt
     recs = records(tmp_path / "out")
     assert {r["config"] for r in recs} == {"retrieval-only", "mine"} and len(recs) == 8
 
