@@ -3,54 +3,50 @@
 Resumable and idempotent: ids already stored are never re-embedded, so a re-run
 (or a run after a crash) adds only what is missing. Bad entries never abort the
 run: each is skipped with a one-line reason, counted, and written to an errors
-file. Decoding runs in worker threads and Chroma writes in a writer thread, so
-the encoder, the slowest stage, is never left waiting.
+file. Decoding runs in worker processes, the encoder in this one, and Chroma
+writes (in large batches) in a writer thread, so the encoder, the slowest stage,
+is never left waiting.
+
+Sources: a CSV + photo folder, a folder of EXIF-tagged photos (read here), and
+webdataset tar shards (``rag_store.sources``). Precomputed vectors go through
+``index_vectors``.
 """
 
 from __future__ import annotations
 
 import csv
-import math
+import multiprocessing
+import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .encoders import Encoder
-from .errors import ImageError, SourceError
-from .images import load_image, read_exif_gps
+from .errors import SourceError
+from .preprocess import Decoded, decode, decode_many
+from .sources import (
+    ID_COLUMNS,
+    LAT_COLUMNS,
+    LON_COLUMNS,
+    PLACE_COLUMNS,
+    Record,
+    Skip,
+    _coordinate,
+    _pick,
+    iter_shards,
+    shard_paths,
+    shards_name,
+)
 from .store import Gallery
 
-# Column names accepted for each field (lower-cased): Im2GPS3k / YFCC4k use IMG_ID,LAT,LON;
-# MP-16 uses IMG_ID,AUTHOR,LAT,LON; OSV-5M uses id,latitude,longitude.
-ID_COLUMNS = ("img_id", "image_id", "id", "photo_id", "img", "image")
-LAT_COLUMNS = ("lat", "latitude", "gps_lat")
-LON_COLUMNS = ("lon", "lng", "long", "longitude", "gps_lon")
-PLACE_COLUMNS = ("country", "region", "city")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One gallery candidate: an id, its photo, and (for CSV sources) its coordinates."""
-
-    image_id: str
-    path: Path
-    lat: float | None = None
-    lon: float | None = None
-    # country / region / city when the CSV gives them (OSV-5M): benchmark truth, not stored.
-    places: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class Skip:
-    image_id: str
-    kind: str
-    detail: str
 
 
 @dataclass
@@ -76,19 +72,6 @@ class IndexSummary:
         if self.skipped_total and self.errors_file:
             out.append(f"  reasons per entry: {self.errors_file}")
         return out
-
-
-def _pick(columns: list[str], names: tuple[str, ...]) -> str | None:
-    lower = {c.strip().lower(): c for c in columns}
-    return next((lower[n] for n in names if n in lower), None)
-
-
-def _coordinate(text: str | None, lo: float, hi: float) -> float | None:
-    try:
-        value = float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) and lo <= value <= hi else None
 
 
 def _resolve_image(images: Path, image_id: str) -> Path:
@@ -161,10 +144,26 @@ def read_folder_source(folder: Path) -> list[Record]:
     return [Record(p.relative_to(folder).as_posix(), p) for p in files]
 
 
-def read_source(source: str | Path, images: str | Path | None = None) -> tuple[list[Record], list[Skip]]:
+def read_source(
+    source: str | Path, images: str | Path | None = None
+) -> tuple[list[Record] | Iterable[Record | Skip], list[Skip]]:
+    """The records of SOURCE and the entries already known to be bad.
+
+    A CSV or a photo folder gives a list of records. Webdataset shards (a brace pattern
+    such as ``shards/{00000..00099}.tar``, a folder of ``.tar`` files, or one ``.tar``)
+    give a lazy stream of records and skips, read as the index run goes.
+    """
+    shards = shard_paths(source)
+    if shards is not None:
+        if images is not None:
+            raise SourceError("--images goes with a CSV SOURCE; tar shards hold the photos themselves")
+        return iter_shards(shards), []
     source = Path(source)
     if not source.exists():
-        raise SourceError(f"SOURCE {source} does not exist: give a CSV (with --images DIR) or a photo folder")
+        raise SourceError(
+            f"SOURCE {source} does not exist: give a CSV (with --images DIR), a photo folder, "
+            f"or webdataset shards (shards/{{00000..00099}}.tar)"
+        )
     if source.is_dir():
         if images is not None:
             raise SourceError("--images goes with a CSV SOURCE; a folder SOURCE holds the photos itself")
@@ -172,17 +171,84 @@ def read_source(source: str | Path, images: str | Path | None = None) -> tuple[l
     return read_csv_source(source, Path(images) if images is not None else None)
 
 
-def _prepare(record: Record, encoder: Encoder) -> tuple[Record, torch.Tensor] | Skip:
+def source_name(source: str | Path) -> str:
+    """The ``source`` recorded with each vector: the CSV's or folder's stem, or the shards' pattern."""
+    return shards_name(source) if shard_paths(source) is not None else Path(source).stem
+
+
+def default_workers() -> int:
+    """Decoding processes: every core but one (the encoder's), at least one."""
     try:
-        image = load_image(record.path)
-    except ImageError as exc:
-        return Skip(record.image_id, exc.kind, str(exc))
-    if record.lat is None:
-        gps = read_exif_gps(record.path)
-        if gps is None:
-            return Skip(record.image_id, "no EXIF GPS", f"{record.path} has no usable GPS in its EXIF")
-        record = Record(record.image_id, record.path, gps[0], gps[1], record.places)
-    return record, encoder.preprocess(image)
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 2
+    return max(1, cores - 1)
+
+
+class _Writer:
+    """Adds vectors to the gallery in large batches, in its own thread, one add at a time.
+
+    HNSW insertion costs the same per vector whatever the batch, but each Chroma call has
+    a fixed cost (a transaction, a log flush): ``write_batch`` vectors per call, up to
+    Chroma's maximum batch, amortise it. At most one add is in flight and one batch
+    filling, so memory stays bounded; a failed add is re-raised at the next ``put``.
+    """
+
+    def __init__(self, gallery: Gallery, write_batch: int):
+        self.gallery = gallery
+        self.write_batch = max(1, min(write_batch, gallery.max_batch_size()))
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gallery-writer")
+        self.pending: Future | None = None
+        self.ids: list[str] = []
+        self.vectors: list[np.ndarray] = []
+        self.metas: list[dict] = []
+
+    def put(self, ids: list[str], vectors: np.ndarray, metas: list[dict]) -> None:
+        self.ids += ids
+        self.vectors.append(vectors)
+        self.metas += metas
+        if len(self.ids) >= self.write_batch:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+        ids, vectors, metas = self.ids, np.concatenate(self.vectors), self.metas
+        self.ids, self.vectors, self.metas = [], [], []
+        self.pending = self.pool.submit(self.gallery.add, ids, vectors, metas)
+
+    def close(self, flush: bool = True) -> None:
+        try:
+            if flush and self.ids:
+                self._submit()
+            if self.pending is not None:
+                self.pending.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _unstored(
+    items: Iterable[Record | Skip], gallery: Gallery, summary: IndexSummary, skip: Callable[[Skip], None],
+    chunk: int = 2000,
+) -> Iterator[Record]:
+    """The records not yet in ``gallery``, checked ``chunk`` ids at a time, as ``items`` stream in."""
+    for group in _batched(items, chunk):
+        records = []
+        for item in group:
+            summary.total += 1
+            if isinstance(item, Skip):
+                skip(item)
+            else:
+                records.append(item)
+        stored = gallery.existing_ids([r.image_id for r in records]) if records else set()
+        summary.already_stored += len(stored)
+        yield from (r for r in records if r.image_id not in stored)
+
+
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    it = iter(items)
+    while group := list(islice(it, n)):
+        yield group
 
 
 def index_source(
@@ -191,26 +257,32 @@ def index_source(
     encoder: Encoder,
     *,
     images: str | Path | None = None,
-    batch_size: int = 32,
-    workers: int = 2,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    write_batch: int = 4096,
     errors_file: str | Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    prepared: tuple[list[Record], list[Skip]] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    prepared: tuple[list[Record] | Iterable[Record | Skip], list[Skip]] | None = None,
 ) -> IndexSummary:
     """Embed every photo of ``source`` not yet in ``gallery``; see the module doc.
 
+    ``batch_size``: photos per forward pass (default: the encoder's, per device).
+    ``workers``: decoding processes (default ``default_workers()``; 0 decodes in this
+    process, for debugging). ``write_batch``: vectors per Chroma add.
     ``prepared`` is ``read_source(source, images)`` when the caller has already read it
     (the CLI does, to refuse a bad SOURCE before it creates a gallery).
+    ``progress(done, total)``: ``total`` is None for a streamed source (tar shards).
     """
+    batch_size = encoder.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise SourceError(f"--batch-size must be at least 1, got {batch_size}")
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise SourceError(f"--workers must be 0 or more, got {workers}")
     started = time.perf_counter()
     records, skips = prepared if prepared is not None else read_source(source, images)
-    source_name = Path(source).stem
-    summary = IndexSummary(total=len(records) + len(skips))
-    stored = gallery.existing_ids([r.image_id for r in records])
-    todo = [r for r in records if r.image_id not in stored]
-    summary.already_stored = len(records) - len(todo)
+    name = source_name(source)
+    summary = IndexSummary()
 
     errors_path = Path(errors_file) if errors_file else None
     errors: dict = {}  # the errors file is opened at the first skip, not before
@@ -228,58 +300,91 @@ def index_source(
         errors["csv"].writerow([s.image_id, s.kind, s.detail])
         errors["fh"].flush()
 
-    for s in skips:
-        skip(s)
-    done = 0
+    total: int | None = None
+    if isinstance(records, list):  # a known list: check it all first, for an exact progress total
+        summary.total = len(records) + len(skips)
+        for s in skips:
+            skip(s)
+        stored = gallery.existing_ids([r.image_id for r in records])
+        todo: Iterable[Record] = [r for r in records if r.image_id not in stored]
+        summary.already_stored = len(records) - len(todo)
+        total = len(todo)
+    else:
+        todo = _unstored(chain(skips, records), gallery, summary, skip)
     if progress:
-        progress(0, len(todo))
-    pending_write: Future | None = None
-    batch: list[tuple[Record, torch.Tensor]] = []
+        progress(0, total)
 
-    def flush(writer: ThreadPoolExecutor) -> Future | None:
-        ids = [r.image_id for r, _ in batch]
-        vectors = encoder.forward(torch.stack([t for _, t in batch]))
-        metas = [
-            {"lat": r.lat, "lon": r.lon, "image_id": r.image_id, "source": source_name}
-            for r, _ in batch
-        ]
-        if pending_write is not None:
-            pending_write.result()  # one write in flight at a time; re-raises a failed write
-        return writer.submit(gallery.add, ids, vectors, metas)
-
+    writer = _Writer(gallery, write_batch)
+    done = 0
+    ok = False
     try:
-        with ThreadPoolExecutor(max(1, workers)) as pool, ThreadPoolExecutor(1) as writer:
-            queue: deque[Future] = deque()
-            feed: Iterator[Record] = iter(todo)
-            lookahead = batch_size * 3
-            for record in feed:
-                queue.append(pool.submit(_prepare, record, encoder))
-                if len(queue) >= lookahead:
-                    break
-            while queue:
-                result = queue.popleft().result()
-                nxt = next(feed, None)
-                if nxt is not None:
-                    queue.append(pool.submit(_prepare, nxt, encoder))
-                if isinstance(result, Skip):
-                    skip(result)
-                else:
-                    batch.append(result)
-                    if len(batch) >= batch_size:
-                        pending_write = flush(writer)
-                        summary.added += len(batch)
-                        batch = []
-                done += 1
-                if progress:
-                    progress(done, len(todo))
-            if batch:
-                pending_write = flush(writer)
-                summary.added += len(batch)
-                batch = []
-            if pending_write is not None:
-                pending_write.result()
+        batch: list[tuple[Record, np.ndarray]] = []
+        for result in _decoded(todo, encoder, workers):
+            if isinstance(result, Skip):
+                skip(result)
+            else:
+                batch.append(result)
+                if len(batch) >= batch_size:
+                    _embed(batch, encoder, writer, name)
+                    summary.added += len(batch)
+                    batch = []
+            done += 1
+            if progress:
+                progress(done, total)
+        if batch:
+            _embed(batch, encoder, writer, name)
+            summary.added += len(batch)
+        ok = True
     finally:
+        # On an error, what was embedded is still written (a resumed run skips it), unless
+        # the error was the write itself.
+        try:
+            writer.close(flush=True)
+        except Exception:
+            if ok:
+                raise
         if errors:
             errors["fh"].close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _embed(batch: list[tuple[Record, np.ndarray]], encoder: Encoder, writer: _Writer, name: str) -> None:
+    vectors = encoder.forward(torch.from_numpy(np.stack([pixels for _, pixels in batch])))
+    metas = [{"lat": r.lat, "lon": r.lon, "image_id": r.image_id, "source": name} for r, _ in batch]
+    writer.put([r.image_id for r, _ in batch], vectors, metas)
+
+
+def _decoded(records: Iterable[Record], encoder: Encoder, workers: int) -> Iterator[Decoded | Skip]:
+    """``preprocess.decode`` of each record, in order, by ``workers`` processes (0: here).
+
+    Records go to the workers in chunks (fewer round trips), with enough chunks in flight
+    to keep every worker busy while the encoder works through what came back. Workers
+    are spawned, not forked: this process has torch's thread pools, which a fork would
+    copy in an unusable state, and the workers need neither torch nor the model.
+    """
+    transform = encoder.transform
+    if workers == 0:
+        for record in records:
+            yield decode(record, transform)
+        return
+    chunk = 16
+    ahead = workers * 4
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        queue: deque[Future] = deque()
+        groups = _batched(records, chunk)
+        try:
+            for group in groups:
+                queue.append(pool.submit(decode_many, group, transform))
+                if len(queue) >= ahead:
+                    break
+            while queue:
+                results = queue.popleft().result()
+                group = next(groups, None)
+                if group is not None:
+                    queue.append(pool.submit(decode_many, group, transform))
+                yield from results
+        finally:
+            for future in queue:
+                future.cancel()
