@@ -28,7 +28,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .clip import CLIP_MEAN, CLIP_STD, DEFAULT_CLIP, STREETCLIP, check_geoclip_backbone, load_clip_vision
+from .clip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DEFAULT_CLIP,
+    STREETCLIP,
+    check_geoclip_backbone,
+    load_clip_vision,
+)
 from .errors import ConfigError, EncoderUnavailable, unknown_name
 from .geoclip import load_image_head
 from .preprocess import Transform

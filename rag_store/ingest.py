@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .encoders import Encoder
-from .errors import SourceError
+from .errors import EncoderMismatch, SourceError
 from .preprocess import Decoded, decode, decode_many
 from .sources import (
     ID_COLUMNS,
@@ -38,6 +38,7 @@ from .sources import (
     PLACE_COLUMNS,
     Record,
     Skip,
+    VectorSource,
     _coordinate,
     _pick,
     iter_shards,
@@ -185,6 +186,36 @@ def default_workers() -> int:
     return max(1, cores - 1)
 
 
+class _SkipLog:
+    """Counts skipped entries in the summary and writes their reasons to the errors file.
+
+    The file is opened at the first skip, not before: a clean run leaves none behind.
+    """
+
+    def __init__(self, summary: IndexSummary, errors_file: str | Path | None):
+        self.summary = summary
+        self.path = Path(errors_file) if errors_file else None
+        self.fh = None
+        self.writer = None
+
+    def skip(self, s: Skip) -> None:
+        self.summary.skipped[s.kind] += 1
+        if self.path is None:
+            return
+        if self.fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = self.path.open("w", newline="", encoding="utf-8")
+            self.writer = csv.writer(self.fh)
+            self.writer.writerow(["image_id", "reason", "detail"])
+            self.summary.errors_file = self.path
+        self.writer.writerow([s.image_id, s.kind, s.detail])
+        self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
 class _Writer:
     """Adds vectors to the gallery in large batches, in its own thread, one add at a time.
 
@@ -284,21 +315,8 @@ def index_source(
     name = source_name(source)
     summary = IndexSummary()
 
-    errors_path = Path(errors_file) if errors_file else None
-    errors: dict = {}  # the errors file is opened at the first skip, not before
-
-    def skip(s: Skip) -> None:
-        summary.skipped[s.kind] += 1
-        if errors_path is None:
-            return
-        if not errors:
-            errors_path.parent.mkdir(parents=True, exist_ok=True)
-            errors["fh"] = errors_path.open("w", newline="", encoding="utf-8")
-            errors["csv"] = csv.writer(errors["fh"])
-            errors["csv"].writerow(["image_id", "reason", "detail"])
-            summary.errors_file = errors_path
-        errors["csv"].writerow([s.image_id, s.kind, s.detail])
-        errors["fh"].flush()
+    log = _SkipLog(summary, errors_file)
+    skip = log.skip
 
     total: int | None = None
     if isinstance(records, list):  # a known list: check it all first, for an exact progress total
@@ -343,8 +361,7 @@ def index_source(
         except Exception:
             if ok:
                 raise
-        if errors:
-            errors["fh"].close()
+        log.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -388,3 +405,73 @@ def _decoded(records: Iterable[Record], encoder: Encoder, workers: int) -> Itera
         finally:
             for future in queue:
                 future.cancel()
+
+
+def index_vectors(
+    vectors: VectorSource,
+    gallery: Gallery,
+    *,
+    source: str | None = None,
+    write_batch: int = 4096,
+    errors_file: str | Path | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> IndexSummary:
+    """Add precomputed vectors (``rag_store.sources.read_vectors``) not yet in ``gallery``.
+
+    Same rules as ``index_source``: resumable, idempotent, bad rows skipped with reasons.
+    The dimension is checked against the gallery before anything is written; vectors are
+    stored L2-normalised, as the encoders give them.
+    """
+    if vectors.dim != gallery.dim:
+        raise EncoderMismatch(
+            f"{vectors.path} holds {vectors.dim}-d vectors; gallery {gallery.name!r} holds "
+            f"{gallery.dim}-d vectors from {gallery.encoder_name!r}"
+        )
+    started = time.perf_counter()
+    summary = IndexSummary(total=vectors.total)
+    log = _SkipLog(summary, errors_file)
+    name = source or vectors.path.stem
+    writer = _Writer(gallery, write_batch)
+    seen: set[str] = set()
+    done = 0
+    ok = False
+    if progress:
+        progress(0, vectors.total)
+    try:
+        for item in vectors.batches:
+            if isinstance(item, Skip):
+                log.skip(item)
+                done += 1
+                continue
+            stored = gallery.existing_ids(list(dict.fromkeys(item.ids)))  # Chroma refuses repeats
+            keep = []
+            for i, id_ in enumerate(item.ids):
+                if id_ in stored and id_ not in seen:
+                    summary.already_stored += 1
+                if id_ in seen:
+                    log.skip(Skip(id_, "duplicate id", f"{vectors.path}: the id repeats an earlier row"))
+                elif id_ not in stored:
+                    keep.append(i)
+                seen.add(id_)
+            if keep:
+                matrix = item.vectors[keep]
+                matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+                metas = [
+                    {"lat": item.lat[i], "lon": item.lon[i], "image_id": item.ids[i], "source": name}
+                    for i in keep
+                ]
+                writer.put([item.ids[i] for i in keep], matrix, metas)
+                summary.added += len(keep)
+            done += len(item.ids)
+            if progress:
+                progress(done, vectors.total)
+        ok = True
+    finally:
+        try:
+            writer.close()
+        except Exception:
+            if ok:
+                raise
+        log.close()
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -87,29 +87,29 @@ def latlon(lat, lon) -> tuple[float, float] | None:
 
 # ---------------------------------------------------------------- webdataset shards
 
-_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)\}")
+_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)")
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """Expand ``{00000..00099}`` (zero padding kept) and ``{a,b}`` groups, like bash / webdataset."""
-    match = _RANGE.search(pattern)
-    if match:
-        a, b = match.group(1), match.group(2)
-        width = len(a) if a.lstrip("-").startswith("0") else 0
-        lo, hi = int(a), int(b)
-        step = 1 if hi >= lo else -1
-        head, tail = pattern[: match.start()], pattern[match.end() :]
-        return [
-            out
-            for i in range(lo, hi + step, step)
-            for out in expand_braces(f"{head}{i:0{width}d}{tail}")
-        ]
+    """Expand ``{00000..00099}`` (zero padding kept) and ``{a,b}`` groups, left to right, like bash."""
     start = pattern.find("{")
     end = pattern.find("}", start + 1)
-    if start >= 0 and end > start and "," in pattern[start:end]:
-        head, tail = pattern[:start], pattern[end + 1 :]
-        return [out for alt in pattern[start + 1 : end].split(",") for out in expand_braces(head + alt + tail)]
-    return [pattern]
+    if start < 0 or end < 0:
+        return [pattern]
+    head, body, tail = pattern[:start], pattern[start + 1 : end], pattern[end + 1 :]
+    match = _RANGE.fullmatch(body)
+    if match:
+        a, b = match.group(1), match.group(2)
+        width = len(a) if a.lstrip("-").startswith("0") and len(a.lstrip("-")) > 1 else 0
+        lo, hi = int(a), int(b)
+        step = 1 if hi >= lo else -1
+        choices = [f"{i:0{width}d}" for i in range(lo, hi + step, step)]
+    elif "," in body:
+        choices = body.split(",")
+    else:  # a literal brace
+        return [head + "{" + body + "}" + out for out in expand_braces(tail)]
+    rest = expand_braces(tail)
+    return [head + choice + out for choice in choices for out in rest]
 
 
 def _is_tar(path: Path) -> bool:
