@@ -248,14 +248,26 @@ class _Writer:
         self.ids, self.vectors, self.metas = [], [], []
         self.pending = self.pool.submit(self.gallery.add, ids, vectors, metas)
 
-    def close(self, flush: bool = True) -> None:
+    def close(self) -> None:
         try:
-            if flush and self.ids:
+            if self.ids:
                 self._submit()
             if self.pending is not None:
                 self.pending.result()
         finally:
             self.pool.shutdown(wait=True)
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On an error, what was embedded is still written (a resumed run skips it); should
+        # that last write fail too, the first error is the one reported.
+        try:
+            self.close()
+        except Exception:
+            if exc_type is None:
+                raise
 
 
 def _unstored(
@@ -332,35 +344,26 @@ def index_source(
     if progress:
         progress(0, total)
 
-    writer = _Writer(gallery, write_batch)
     done = 0
-    ok = False
     try:
-        batch: list[tuple[Record, np.ndarray]] = []
-        for result in _decoded(todo, encoder, workers):
-            if isinstance(result, Skip):
-                skip(result)
-            else:
-                batch.append(result)
-                if len(batch) >= batch_size:
-                    _embed(batch, encoder, writer, name)
-                    summary.added += len(batch)
-                    batch = []
-            done += 1
-            if progress:
-                progress(done, total)
-        if batch:
-            _embed(batch, encoder, writer, name)
-            summary.added += len(batch)
-        ok = True
+        with _Writer(gallery, write_batch) as writer:
+            batch: list[tuple[Record, np.ndarray]] = []
+            for result in _decoded(todo, encoder, workers):
+                if isinstance(result, Skip):
+                    skip(result)
+                else:
+                    batch.append(result)
+                    if len(batch) >= batch_size:
+                        _embed(batch, encoder, writer, name)
+                        summary.added += len(batch)
+                        batch = []
+                done += 1
+                if progress:
+                    progress(done, total)
+            if batch:
+                _embed(batch, encoder, writer, name)
+                summary.added += len(batch)
     finally:
-        # On an error, what was embedded is still written (a resumed run skips it), unless
-        # the error was the write itself.
-        try:
-            writer.close(flush=True)
-        except Exception:
-            if ok:
-                raise
         log.close()
     summary.seconds = time.perf_counter() - started
     return summary
@@ -431,47 +434,40 @@ def index_vectors(
     summary = IndexSummary(total=vectors.total)
     log = _SkipLog(summary, errors_file)
     name = source or vectors.path.stem
-    writer = _Writer(gallery, write_batch)
     seen: set[str] = set()
     done = 0
-    ok = False
     if progress:
         progress(0, vectors.total)
     try:
-        for item in vectors.batches:
-            if isinstance(item, Skip):
-                log.skip(item)
-                done += 1
-                continue
-            stored = gallery.existing_ids(list(dict.fromkeys(item.ids)))  # Chroma refuses repeats
-            keep = []
-            for i, id_ in enumerate(item.ids):
-                if id_ in stored and id_ not in seen:
-                    summary.already_stored += 1
-                if id_ in seen:
-                    log.skip(Skip(id_, "duplicate id", f"{vectors.path}: the id repeats an earlier row"))
-                elif id_ not in stored:
-                    keep.append(i)
-                seen.add(id_)
-            if keep:
-                matrix = item.vectors[keep]
-                matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-                metas = [
-                    {"lat": item.lat[i], "lon": item.lon[i], "image_id": item.ids[i], "source": name}
-                    for i in keep
-                ]
-                writer.put([item.ids[i] for i in keep], matrix, metas)
-                summary.added += len(keep)
-            done += len(item.ids)
-            if progress:
-                progress(done, vectors.total)
-        ok = True
+        with _Writer(gallery, write_batch) as writer:
+            for item in vectors.batches:
+                if isinstance(item, Skip):
+                    log.skip(item)
+                    done += 1
+                    continue
+                stored = gallery.existing_ids(list(dict.fromkeys(item.ids)))  # Chroma refuses repeats
+                keep = []
+                for i, id_ in enumerate(item.ids):
+                    if id_ in seen:
+                        log.skip(Skip(id_, "duplicate id", f"{vectors.path}: the id repeats an earlier row"))
+                    elif id_ in stored:
+                        summary.already_stored += 1
+                    else:
+                        keep.append(i)
+                    seen.add(id_)
+                if keep:
+                    matrix = item.vectors[keep]
+                    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+                    metas = [
+                        {"lat": item.lat[i], "lon": item.lon[i], "image_id": item.ids[i], "source": name}
+                        for i in keep
+                    ]
+                    writer.put([item.ids[i] for i in keep], matrix, metas)
+                    summary.added += len(keep)
+                done += len(item.ids)
+                if progress:
+                    progress(done, vectors.total)
     finally:
-        try:
-            writer.close()
-        except Exception:
-            if ok:
-                raise
         log.close()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -11,17 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from agent.cli import app
 from rag_store.encoders import create_encoder
 from rag_store.images import load_image
 from rag_store.ingest import index_source
 from rag_store.sources import expand_braces
 from rag_store.store import Gallery, open_client
 from tests.imagegen import noise_jpeg
-
-runner = CliRunner()
+from tests.test_ingest import flat, geoagent, stored
 
 
 @pytest.fixture(autouse=True)
@@ -29,27 +26,9 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def geoagent(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
 def read_errors(path: Path) -> dict[str, str]:
     with path.open(newline="", encoding="utf-8") as fh:
         return {row["image_id"]: row["reason"] for row in csv.DictReader(fh)}
-
-
-def stored(store: Path, collection: str = "gallery") -> dict[str, dict]:
-    gallery = Gallery.open(open_client(store), collection)
-    res = gallery.collection.get(include=["metadatas"])
-    assert len(res["ids"]) == len(set(res["ids"])) == gallery.count()
-    return dict(zip(res["ids"], res["metadatas"], strict=True))
 
 
 def jpeg_bytes(tmp: Path, seed: int) -> bytes:
