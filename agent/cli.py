@@ -79,7 +79,7 @@ def index(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, max=4096, help="Photos per forward pass (default: 32 on CPU, 256 on CUDA, 64 on MPS).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=0, max=256, help="Decoding processes (default: cores - 1; 0: decode in the encoder's process).")] = None,
     vectors: Annotated[Path | None, typer.Option("--vectors", help="Precomputed vectors instead of photos: Parquet with id,lat,lon,vector, or .npy with SOURCE a CSV of id,lat,lon.")] = None,
-    ray: Annotated[str | None, typer.Option("--ray", help="Embed on a Ray cluster: local | auto | ray://HOST:PORT (needs geoagent[ray] and --chroma-url).")] = None,
+    ray: Annotated[str | None, typer.Option("--ray", help="Embed on a Ray cluster: local | auto | ray://HOST:PORT (needs pip install 'geoagent\\[ray]' and --chroma-url).")] = None,
     errors: Annotated[Path | None, typer.Option("--errors", help="Where to write skipped entries (CSV). Default: <collection>-index-errors.csv")] = None,
     gps_gallery: Annotated[bool, typer.Option("--gps-gallery", help="Also embed GeoCLIP's 100K GPS gallery into the store (once).")] = False,
 ) -> None:

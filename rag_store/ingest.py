@@ -21,6 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -400,7 +401,13 @@ def _decoded(records: Iterable[Record], encoder: Encoder, workers: int) -> Itera
                 if len(queue) >= ahead:
                     break
             while queue:
-                results = queue.popleft().result()
+                try:
+                    results = queue.popleft().result()
+                except BrokenProcessPool as exc:
+                    raise SourceError(
+                        "a decoding worker process died (out of memory?); run the same command "
+                        "again to resume, with fewer --workers"
+                    ) from exc
                 group = next(groups, None)
                 if group is not None:
                     queue.append(pool.submit(decode_many, group, transform))

@@ -223,10 +223,13 @@ def iter_shards(shards: list[Path]) -> Iterator[Record | Skip]:
 
 
 def shards_name(source: str | Path) -> str:
-    """A short name for the ``source`` metadata field: the pattern's folder and stem."""
-    path = Path(str(source))
-    stem = path.name.split(".")[0] if path.suffix else path.name
-    return f"{path.parent.name}/{stem}".strip("/") if path.parent.name else stem
+    """A short name for the ``source`` metadata field: the shards' folder, or a lone shard's stem."""
+    text = str(source)
+    path = Path(text)
+    if ("{" in text and "}" in text) or path.is_dir():
+        folder = path.parent if "{" in path.name else path
+        return folder.resolve().name or "shards"
+    return path.name.split(".")[0]
 
 
 # ---------------------------------------------------------------- precomputed vectors
