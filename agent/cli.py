@@ -192,56 +192,94 @@ def progress_bar(description: str):
 def index(
     source: Annotated[
         Path | None,
-        typer.Argument(help="A CSV with IMG_ID,LAT,LON (or id,latitude,longitude) or a folder of EXIF-tagged photos."),
+        typer.Argument(help="A CSV with IMG_ID,LAT,LON (or id,latitude,longitude), a folder of EXIF-tagged photos, or webdataset tar shards ('shards/{00000..00099}.tar' or a folder of .tar). With --vectors FILE.npy: the CSV of id,lat,lon of its rows."),
     ] = None,
     images: Annotated[Path | None, typer.Option("--images", help="Photo folder for a CSV SOURCE.")] = None,
     store: StoreOpt = None,
     chroma_url: ChromaUrlOpt = None,
     collection: CollectionOpt = "gallery",
-    encoder: Annotated[str, typer.Option("--encoder", help="efficientnet-lite0 | clip[:ID|DIR] | streetclip | geoclip[:ID|DIR]")] = "efficientnet-lite0",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 32,
+    encoder: Annotated[str, typer.Option("--encoder", help="efficientnet-lite0 | clip[:ID|DIR] | streetclip | geoclip[:ID|DIR]; with --vectors: the encoder that made them")] = "efficientnet-lite0",
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when present) | cpu | cuda[:N] | mps. Half precision on CUDA.")] = "auto",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, max=4096, help="Photos per forward pass (default: 32 on CPU, 256 on CUDA, 64 on MPS).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, max=256, help="Decoding processes (default: cores - 1; 0: decode in the encoder's process).")] = None,
+    vectors: Annotated[Path | None, typer.Option("--vectors", help="Precomputed vectors instead of photos: Parquet with id,lat,lon,vector, or .npy with SOURCE a CSV of id,lat,lon.")] = None,
+    ray: Annotated[str | None, typer.Option("--ray", help="Embed on a Ray cluster: local | auto | ray://HOST:PORT (needs pip install 'geoagent\\[ray]' and --chroma-url).")] = None,
     errors: Annotated[Path | None, typer.Option("--errors", help="Where to write skipped entries (CSV). Default: <collection>-index-errors.csv in the store folder (the user data dir with --chroma-url)")] = None,
     gps_gallery: Annotated[bool, typer.Option("--gps-gallery", help="Also embed GeoCLIP's 100K GPS gallery into the store (once).")] = False,
 ) -> None:
-    """Build or extend a gallery: embed every photo not yet stored."""
-    from rag_store import (
-        Gallery,
-        build_gps_gallery,
-        create_encoder,
-        default_store_dir,
-        index_source,
-        open_client,
-        read_source,
-    )
-    from rag_store.errors import SourceError
+    """Build or extend a gallery: embed every photo not yet stored (or import precomputed vectors)."""
+    import warnings
+
+    from rag_store import Gallery, build_gps_gallery, create_encoder, default_store_dir, open_client
+    from rag_store.errors import ConfigError, SourceError
     from rag_store.outputs import check_writable
 
-    if source is None and not gps_gallery:
-        raise SourceError("give a SOURCE to index, or --gps-gallery")
-    # Read SOURCE and load the encoder before touching the store: a bad SOURCE creates nothing.
-    prepared = read_source(source, images) if source is not None else None
+    if source is None and vectors is None and not gps_gallery:
+        raise SourceError("give a SOURCE to index, --vectors FILE, or --gps-gallery")
     errors_file = errors or (default_store_dir() if chroma_url or not store else store.expanduser()) / f"{collection}-index-errors.csv"
-    check_writable(errors_file, what="errors file")
-    enc = create_encoder(encoder) if source is not None else None
-    client = open_client(store, chroma_url)
-    if source is not None and enc is not None:
-        gallery = Gallery.open(client, collection, encoder_name=enc.name, dim=enc.dim, create=True)
-        with progress_bar(f"indexing {source.name}") as bar:
+    check_writable(errors_file, what="errors file")  # before any photo is embedded
+
+    def label(text: str) -> str:
+        # progress_bar's description is a format string and rich markup: a SOURCE such as
+        # 'shards/{00000..00099}.tar' or '[raw].csv' must print as itself.
+        from rich.markup import escape
+
+        return escape(text).replace("{", "{{").replace("}", "}}")
+
+    def report(summary, what: str, enc_name: str, dim: int) -> None:
+        for line in summary.lines():
+            out.print(line, highlight=False, soft_wrap=True)
+        out.print(f"gallery {collection!r}: {what} ({enc_name}, {dim}-d)", highlight=False, soft_wrap=True)
+
+    if vectors is not None:
+        from rag_store.encoders import encoder_identity
+        from rag_store.errors import EncoderMismatch
+        from rag_store.ingest import index_vectors
+        from rag_store.sources import read_vectors
+
+        if ray is not None:
+            raise ConfigError("--vectors needs no encoding: drop --ray")
+        name, known_dim = encoder_identity(encoder)
+        vs = read_vectors(vectors, source)
+        if known_dim is not None and vs.dim != known_dim:
+            raise EncoderMismatch(f"--vectors {vectors} holds {vs.dim}-d vectors, but {name} gives {known_dim}-d: name the encoder that made them with --encoder")
+        gallery = Gallery.open(open_client(store, chroma_url), collection, encoder_name=name, dim=vs.dim, create=True)
+        with progress_bar(label(f"importing {vectors.name}")) as bar:
+            task = bar.add_task("vectors", total=None)
+            summary = index_vectors(vs, gallery, errors_file=errors_file, progress=lambda d, t: bar.update(task, completed=d, total=t))
+        report(summary, f"{gallery.count()} entries", name, vs.dim)
+    elif source is not None and ray is not None:
+        from rag_store.ray_index import index_with_ray
+
+        if not chroma_url:
+            raise ConfigError("--ray writes to a Chroma server that every Ray worker can reach: give --chroma-url")
+        summary = index_with_ray(
+            source, images=images, address=ray, chroma_url=chroma_url, collection=collection,
+            encoder_name=encoder, device=device, batch_size=batch_size, errors_file=errors_file,
+        )
+        report(summary, f"{summary.gallery_count} entries", summary.encoder_name, summary.dim)
+    elif source is not None:
+        from rag_store import index_source, read_source
+
+        # Read SOURCE and load the encoder before touching the store: a bad SOURCE creates nothing.
+        prepared = read_source(source, images)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            enc = create_encoder(encoder, device=device)
+        for w in caught:
+            err.print(f"warning: {w.message}", highlight=False, markup=False, soft_wrap=True)
+        gallery = Gallery.open(open_client(store, chroma_url), collection, encoder_name=enc.name, dim=enc.dim, create=True)
+        with progress_bar(label(f"indexing {source.name}")) as bar:
             task = bar.add_task("index", total=None)
             summary = index_source(
-                source,
-                gallery,
-                enc,
-                images=images,
-                batch_size=batch_size,
+                source, gallery, enc, images=images, batch_size=batch_size, workers=workers,
                 errors_file=errors_file,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 prepared=prepared,
             )
-        for line in summary.lines():
-            out.print(line, highlight=False, soft_wrap=True)
-        out.print(f"gallery {collection!r}: {gallery.count()} entries ({enc.name}, {enc.dim}-d)", highlight=False, soft_wrap=True)
+        report(summary, f"{gallery.count()} entries", enc.name, enc.dim)
     if gps_gallery:
+        client = open_client(store, chroma_url)
         with progress_bar("GeoCLIP GPS gallery") as bar:
             task = bar.add_task("gps", total=None)
             g = build_gps_gallery(client, progress=lambda d, t: bar.update(task, completed=d, total=t))

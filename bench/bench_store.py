@@ -41,8 +41,18 @@ The data is a pure function of --seed, chunk by chunk, so a store kept with
 --keep is re-measured against exactly the vectors it holds, and the exact
 neighbours are computed while streaming (the 1M x 512 matrix is never held).
 
+Build mode (--build-compare, issue 11): for each size, in a fresh process each, the same
+vectors (--dim, 768 for CLIP ViT-L/14) are built into raw hnswlib (``pip install
+chroma-hnswlib``: the same HNSW code as Chroma's) and into a Chroma gallery (``Gallery.add``
+in batches of --add-batch, store.HNSW settings: same M, ef_construction and threads);
+prints both rates, their ratio (target >= 0.8), each process's peak RSS, Chroma's size on
+disk, and projects an MP-16 gallery (4.72M vectors): build time fitted as a*n*ln(n) + b*n,
+peak memory as c + d*n, from the measured sizes.
+
 Usage (from the project root, with the venv active):
   nice -n 10 python bench/bench_store.py --sizes 10000,100000,1000000 --queries 200
+  nice -n 10 python bench/bench_store.py --build-compare --dim 768 --sizes 20000,50000
+  nice -n 10 python bench/bench_store.py --build-compare --dim 768 --sizes 100000,250000,500000,1000000
   nice -n 10 python bench/bench_store.py --keep /tmp/bench-store   # build once, re-measure later
   python bench/bench_store.py --keep /tmp/bench-store --ef-search 64,128,256  # sweep ef_search
 """
@@ -51,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sys
@@ -75,17 +86,18 @@ K = 16
 class Mixture:
     """The clustered distribution described in the module doc, a pure function of ``seed``."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, dim: int = DIM):
         self.seed = seed
+        self.dim = dim
         rng = np.random.default_rng([seed, 0])
-        mean_dir = _unit(rng.standard_normal(DIM))
-        scenes = _unit(rng.standard_normal((N_SCENES, DIM)))
+        mean_dir = _unit(rng.standard_normal(dim))
+        scenes = _unit(rng.standard_normal((N_SCENES, dim)))
         self.scene_of = rng.integers(0, N_SCENES, N_CLUSTERS)
-        own = _unit(rng.standard_normal((N_CLUSTERS, DIM)))
+        own = _unit(rng.standard_normal((N_CLUSTERS, dim)))
         self.centres = (0.8 * mean_dir + scenes[self.scene_of] + 0.8 * own).astype(np.float32)
         self.spread = rng.uniform(0.5, 1.0, N_CLUSTERS).astype(np.float32)
         # One orthonormal 24-d basis per scene type: (N_SCENES, DIM, SUBSPACE).
-        self.bases = np.linalg.qr(rng.standard_normal((N_SCENES, DIM, SUBSPACE)))[0].astype(
+        self.bases = np.linalg.qr(rng.standard_normal((N_SCENES, dim, SUBSPACE)))[0].astype(
             np.float32
         )
         weights = 1.0 / (np.arange(N_CLUSTERS) + 10.0) ** 0.8
@@ -96,8 +108,15 @@ class Mixture:
         rng = np.random.default_rng([self.seed, stream, chunk_index])
         cluster = rng.choice(N_CLUSTERS, size=n, p=self.weights)
         z = rng.standard_normal((n, SUBSPACE), dtype=np.float32) / np.sqrt(SUBSPACE)
-        low = np.einsum("nds,ns->nd", self.bases[self.scene_of[cluster]], z)
-        iso = rng.standard_normal((n, DIM), dtype=np.float32) / np.sqrt(DIM)
+        # Per scene type, (k, 24) @ (24, dim): the same values as an einsum over per-row bases,
+        # without its (n, dim, 24) temporary (370 MB for 5000 rows at 768-d, which would
+        # swamp the peak memory that --build-compare measures).
+        scene = self.scene_of[cluster]
+        low = np.empty((n, self.dim), np.float32)
+        for s in np.unique(scene):
+            rows = scene == s
+            low[rows] = z[rows] @ self.bases[s].T
+        iso = rng.standard_normal((n, self.dim), dtype=np.float32) / np.sqrt(self.dim)
         x = self.centres[cluster] + self.spread[cluster, None] * (0.95 * low + 0.3 * iso)
         return _unit(x).astype(np.float32)
 
@@ -241,6 +260,124 @@ def set_ef_search(root: Path, size: int, gallery: Gallery, ef: int) -> Gallery:
     return Gallery.open(open_client(root / f"n{size}"), "bench")
 
 
+# ---------------------------------------------------------------- build: Chroma against raw HNSW
+
+MP16 = 4_720_000  # MP-16 photos (Img2Loc's gallery); G3's MP16-Pro has 4.1M
+
+
+def _build_child(kind: str, size: int, dim: int, seed: int, root: str, add_batch: int, out) -> None:
+    """One build in a fresh process (so that its peak memory is its own): rate and peak RSS."""
+    mix = Mixture(seed, dim)
+    m, efc = HNSW["max_neighbors"], HNSW["ef_construction"]
+    threads = HNSW.get("num_threads") or os.cpu_count() or 1
+    build = 0.0
+    if kind == "hnswlib":
+        import hnswlib
+
+        index = hnswlib.Index(space="cosine", dim=dim)
+        index.init_index(max_elements=size, M=m, ef_construction=efc)
+        index.set_num_threads(threads)
+        for start, chunk in mix.chunks(size):
+            t = time.perf_counter()
+            index.add_items(chunk, np.arange(start, start + len(chunk)))
+            build += time.perf_counter() - t
+        disk = 0
+    else:
+        gallery = Gallery.open(
+            open_client(Path(root) / f"chroma-{size}"), "bench", encoder_name=f"bench-{dim}", dim=dim, create=True
+        )
+        step = min(add_batch, gallery.max_batch_size())
+        rng = np.random.default_rng([seed, 3])
+        for start, chunk in mix.chunks(size):
+            for s0 in range(0, len(chunk), step):
+                part = chunk[s0 : s0 + step]
+                ids = [image_id(start + s0 + i) for i in range(len(part))]
+                metas = [
+                    {"lat": float(a), "lon": float(o), "image_id": i, "source": "bench"}
+                    for a, o, i in zip(rng.uniform(-90, 90, len(part)), rng.uniform(-180, 180, len(part)), ids, strict=True)
+                ]
+                t = time.perf_counter()
+                gallery.add(ids, part, metas)
+                build += time.perf_counter() - t
+        t = time.perf_counter()
+        gallery.count()  # whatever Chroma defers is part of the build
+        build += time.perf_counter() - t
+        disk = sum(f.stat().st_size for f in (Path(root) / f"chroma-{size}").rglob("*") if f.is_file())
+    out.put({"kind": kind, "size": size, "build": build, "peak_mib": peak_mib(), "disk_mib": disk / 2**20})
+
+
+def _build_once(kind: str, size: int, dim: int, seed: int, root: Path, add_batch: int) -> dict:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_build_child, args=(kind, size, dim, seed, str(root), add_batch, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def _fit_projection(rows: list[dict], target: int) -> tuple[float, float]:
+    """Build seconds and peak MiB at ``target`` vectors, extrapolated from the measured sizes.
+
+    Time: HNSW insertion costs ~log(n) per vector (a search through a graph of n), so the
+    build time is fitted as t = a*n*ln(n) + b*n (least squares, non-negative). Memory:
+    peak = c + d*n (vectors + graph links grow linearly). With one size, both are scaled
+    from it alone (time by n*ln(n)).
+    """
+    n = np.array([r["size"] for r in rows], float)
+    t = np.array([r["build"] for r in rows], float)
+    mem = np.array([r["peak_mib"] for r in rows], float)
+    if len(rows) == 1:
+        scale = target * np.log(target) / (n[0] * np.log(n[0]))
+        return float(t[0] * scale), float(mem[0] * target / n[0])
+    coef, *_ = np.linalg.lstsq(np.stack([n * np.log(n), n], 1), t, rcond=None)
+    coef = np.maximum(coef, 0.0)
+    time_s = float(coef[0] * target * np.log(target) + coef[1] * target)
+    slope, intercept = np.polyfit(n, mem, 1)
+    return time_s, float(intercept + slope * target)
+
+
+def build_compare(sizes: list[int], dim: int, seed: int, root: Path, add_batch: int) -> int:
+    """Chroma's build rate beside raw hnswlib's, same vectors / M / ef_construction / threads."""
+    try:
+        import hnswlib  # noqa: F401
+    except ImportError:
+        print("hnswlib is not installed: pip install chroma-hnswlib (the 'bench' extra)")
+        return 2
+    threads = HNSW.get("num_threads") or os.cpu_count()
+    print(
+        f"build: {dim}-d clustered vectors, M={HNSW['max_neighbors']}, "
+        f"ef_construction={HNSW['ef_construction']}, threads {threads}, Chroma adds of "
+        f"{add_batch}; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    print(f"{'vectors':>9} {'hnswlib vec/s':>14} {'Chroma vec/s':>13} {'ratio':>6} {'hnswlib MiB':>12} {'Chroma MiB':>11} {'Chroma disk MiB':>16}")
+    chroma_rows = []
+    for size in sizes:
+        # Alternate which goes first, so that a change of machine load hits both alike.
+        order = ("hnswlib", "chroma") if len(chroma_rows) % 2 == 0 else ("chroma", "hnswlib")
+        got = {kind: _build_once(kind, size, dim, seed, root, add_batch) for kind in order}
+        h, c = got["hnswlib"], got["chroma"]
+        chroma_rows.append(c)
+        ratio = (size / c["build"]) / (size / h["build"])
+        print(
+            f"{size:>9} {size / h['build']:>14.0f} {size / c['build']:>13.0f} {ratio:>6.2f} "
+            f"{h['peak_mib']:>12.0f} {c['peak_mib']:>11.0f} {c['disk_mib']:>16.0f}  (target ratio >= 0.8: "
+            f"{'met' if ratio >= 0.8 else 'MISSED'}; load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+    time_s, mem = _fit_projection(chroma_rows, MP16)
+    print(
+        f"projection, MP-16 ({MP16:,} x {dim}-d) into Chroma on this machine, from "
+        f"{', '.join(str(r['size']) for r in chroma_rows)}: build {time_s / 3600:.1f} h "
+        f"({MP16 / time_s:.0f} vec/s), peak memory {mem / 1024:.1f} GiB",
+        flush=True,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
@@ -259,11 +396,27 @@ def main(argv: list[str] | None = None) -> int:
         help="override rag_store.store.HNSW for stores built by this run, e.g. "
         "max_neighbors=32,ef_construction=200 (to try settings before changing store.py)",
     )
+    ap.add_argument(
+        "--build-compare",
+        action="store_true",
+        help="measure build rate and peak memory of Chroma beside raw hnswlib at --sizes, and "
+        "project an MP-16 gallery (4.72M vectors) from them; no queries",
+    )
+    ap.add_argument("--dim", type=int, default=DIM, help="vector size for --build-compare (MP-16 CLIP: 768)")
+    ap.add_argument("--add-batch", type=int, default=5461, help="vectors per Chroma add in --build-compare")
     args = ap.parse_args(argv)
     for item in filter(None, args.hnsw.split(",")):
         key, _, value = item.partition("=")
         HNSW[key.strip()] = int(value)
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.build_compare:
+        root = args.keep or Path(tempfile.mkdtemp(prefix="bench-build-"))
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            return build_compare(sizes, args.dim, args.seed, root, args.add_batch)
+        finally:
+            if args.keep is None:
+                shutil.rmtree(root, ignore_errors=True)
     efs = [int(s) for s in args.ef_search.split(",") if s]
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-store-"))

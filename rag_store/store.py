@@ -261,6 +261,14 @@ class Gallery:
             found.update(self.collection.get(ids=list(ids[i : i + chunk]), include=[])["ids"])
         return found
 
+    def max_batch_size(self) -> int:
+        """The most vectors one ``add`` may carry (Chroma's limit: 5461 embedded, per server)."""
+        try:
+            # The collection's own client: embedded or HTTP, it knows its limit.
+            return int(self.collection._client.get_max_batch_size())
+        except Exception:  # a client without it: the smallest limit Chroma has shipped
+            return 5000
+
     def add(
         self,
         ids: Sequence[str],

@@ -95,8 +95,12 @@ def gps_jpeg(path: Path, lat: float, lon: float, seed: int = 0) -> Path:
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 
 
-def tiny_clip_dir(path, projection_dim: int, seed: int = 0):
-    """save_pretrained() of a randomly initialised, tiny, full CLIPModel (text + vision)."""
+def tiny_clip_dir(path, projection_dim: int, seed: int = 0, image_size: int = 32, patch_size: int = 8):
+    """save_pretrained() of a randomly initialised, tiny, full CLIPModel (text + vision).
+
+    ``image_size=224, patch_size=14, projection_dim=768`` gives the shape GeoCLIP's head
+    requires of ViT-L/14 (only the depth and width are tiny).
+    """
     from transformers import CLIPConfig, CLIPModel
 
     config = CLIPConfig(
@@ -104,7 +108,7 @@ def tiny_clip_dir(path, projection_dim: int, seed: int = 0):
             TINY, vocab_size=100, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
             pad_token_id=1,
         ),
-        vision_config=dict(TINY, image_size=32, patch_size=8),
+        vision_config=dict(TINY, image_size=image_size, patch_size=patch_size),
         projection_dim=projection_dim,
     )
     import torch

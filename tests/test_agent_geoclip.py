@@ -38,7 +38,10 @@ def cosine(image_embedding: np.ndarray, coords: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def geoclip_store(sample_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("geoclip")
-    encoder = create_encoder(f"geoclip:{tiny_clip_dir(root / 'clip', projection_dim=768, seed=3)}")
+    # GeoCLIP's tower shape (ViT-L/14: 224 px, patch 14, 768-d), tiny otherwise: it warns so.
+    clip = tiny_clip_dir(root / "clip", projection_dim=768, seed=3, image_size=224, patch_size=14)
+    with pytest.warns(UserWarning, match="hidden_size 32"):
+        encoder = create_encoder(f"geoclip:{clip}")
     rows = list(csv.reader((sample_dir / "im2gps3k-dev.csv").open()))
     subset = root / "subset.csv"
     with subset.open("w", newline="") as fh:

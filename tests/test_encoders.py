@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from rag_store.clip import BackboneWarning
 from rag_store.encoders import ENCODERS, create_encoder
 from rag_store.errors import ConfigError, EncoderUnavailable
 from rag_store.images import load_image
@@ -157,8 +158,9 @@ def test_clip_vectors_are_the_checkpoints_image_embeddings(tmp_path, photos):
 
 
 def test_geoclip_image_head_on_a_768d_clip(tmp_path, photos):
-    folder = tiny_clip_dir(tmp_path / "tiny-clip-768", projection_dim=768)
-    encoder = create_encoder(f"geoclip:{folder}")
+    folder = tiny_clip_dir(tmp_path / "tiny-clip-768", projection_dim=768, image_size=224, patch_size=14)
+    with pytest.warns(BackboneWarning, match="hidden_size 32"):
+        encoder = create_encoder(f"geoclip:{folder}")
     assert encoder.name == f"geoclip:{folder}"
     assert encoder.dim == 512
     vectors = encoder.embed(photos)
@@ -186,6 +188,134 @@ def test_geoclip_refuses_a_clip_that_is_not_768d(tmp_path):
     with pytest.raises(EncoderUnavailable) as info:
         create_encoder(f"geoclip:{folder}")
     assert "768" in str(info.value) and str(folder) in str(info.value)
+
+
+def _set_declared_name(folder, name: str) -> None:
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    config["_name_or_path"] = name
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("image_size", "patch_size", "projection_dim", "named"),
+    [
+        (336, 14, 768, "image_size 336"),  # StreetCLIP's geometry: ViT-L/14 at 336 px
+        (224, 16, 768, "patch_size 16"),
+        (224, 14, 512, "projection_dim 512"),
+    ],
+)
+def test_geoclip_refuses_a_tower_of_another_shape(tmp_path, image_size, patch_size, projection_dim, named):
+    folder = tiny_clip_dir(
+        tmp_path / "tower", projection_dim=projection_dim, image_size=image_size, patch_size=patch_size
+    )
+    with pytest.raises(EncoderUnavailable) as info:
+        create_encoder(f"geoclip:{folder}")
+    message = str(info.value)
+    assert named in message and str(folder) in message  # what it found, and where
+    assert "patch_size 14, image_size 224, projection_dim 768" in message  # what it needs
+    assert "\n" not in message
+
+
+def test_geoclip_warns_when_the_weights_name_another_model(tmp_path, photos):
+    folder = tiny_clip_dir(tmp_path / "street", projection_dim=768, image_size=224, patch_size=14)
+    _set_declared_name(folder, "geolocal/StreetCLIP")
+    with pytest.warns(BackboneWarning, match="geolocal/StreetCLIP"):
+        encoder = create_encoder(f"geoclip:{folder}")
+    assert encoder.dim == 512  # a warning, not a refusal: the shape is GeoCLIP's
+
+
+def test_geoclip_names_the_default_clip_but_its_size_differs(tmp_path):
+    folder = tiny_clip_dir(tmp_path / "named", projection_dim=768, image_size=224, patch_size=14)
+    _set_declared_name(folder, "clip-vit-large-patch14/")  # what the Hub's config.json says
+    with pytest.warns(BackboneWarning) as record:
+        create_encoder(f"geoclip:{folder}")
+    assert len(record) == 1 and "hidden_size 32" in str(record[0].message)
+
+
+def test_clip_loading_lives_in_one_module_without_a_cycle():
+    # encoders and geoclip both take CLIP from rag_store.clip; geoclip imports no encoder.
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "rag_store"
+
+    def imports(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.level}
+
+    assert "clip" in imports("encoders") and "geoclip" in imports("encoders")
+    assert "encoders" not in imports("geoclip") and "encoders" not in imports("clip")
+    assert "geoclip" not in imports("clip")
+    assert "from_pretrained" not in (root / "encoders.py").read_text()
+    assert "from_pretrained" not in (root / "geoclip.py").read_text()
+
+
+# ------------------------------------------------------------------ devices
+
+
+def test_auto_device_is_the_cpu_without_a_gpu():
+    from rag_store.encoders import resolve_device
+
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+    elif not torch.backends.mps.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("CPU") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu"])
+def test_unknown_device_is_refused(device):
+    from rag_store.encoders import resolve_device
+
+    with pytest.raises(ConfigError) as info:
+        resolve_device(device)
+    assert device in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
+def test_cuda_without_a_gpu_says_so(device):
+    with pytest.raises(ConfigError) as info:
+        create_encoder("efficientnet-lite0", device=device)
+    assert f"--device {device}" in str(info.value) and "no CUDA GPU" in str(info.value)
+
+
+def test_cpu_encoder_runs_in_float32_with_the_cpu_batch(effnet):
+    encoder = create_encoder("efficientnet-lite0", device="cpu")
+    assert encoder is effnet  # one load per name and device
+    assert encoder.device == torch.device("cpu") and encoder.dtype == torch.float32
+    assert encoder.batch_size == 32
+
+
+def test_uint8_crops_and_float_batches_give_the_same_vectors(effnet, photos):
+    crops = torch.from_numpy(np.stack([effnet.transform.crop(im) for im in photos]))
+    floats = torch.stack([effnet.preprocess(im) for im in photos])
+    assert crops.dtype == torch.uint8 and crops.shape == (len(photos), 224, 224, 3)
+    np.testing.assert_array_equal(effnet.forward(crops), effnet.forward(floats))
+
+
+def test_half_precision_path_on_the_cpu(tmp_path, photos):
+    # The CUDA default (float16 weights, float32 unit vectors out), run where it can run here.
+    folder = tiny_clip_dir(tmp_path / "half", projection_dim=16)
+    full = create_encoder(f"clip:{folder}", device="cpu")
+    half = create_encoder(f"clip:{folder}", device="cpu", half=True)
+    assert half is not full and half.dtype == torch.float16
+    assert next(half.model.parameters()).dtype == torch.float16
+    vectors = half.embed(photos)
+    assert_unit_rows(vectors, 16, len(photos))
+    cosines = np.sum(vectors * full.embed(photos), axis=1)
+    assert cosines.min() > 0.99
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_half_precision_matches_the_cpu(effnet, photos):
+    gpu = create_encoder("efficientnet-lite0", device="cuda")
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.float16 and gpu.batch_size == 256
+    vectors = gpu.embed(photos)
+    assert_unit_rows(vectors, 1280, len(photos))
+    assert np.sum(vectors * effnet.embed(photos), axis=1).min() > 0.999
 
 
 # ------------------------------------------------------------------ missing weights
