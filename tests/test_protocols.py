@@ -254,7 +254,7 @@ def test_g3_verification_prefers_a_model_candidate_nearer_geoclips_location(tmp_
     """Tiny random CLIP + GeoCLIP's real head and location encoder: the pool's winner is
     the candidate whose location GeoCLIP finds most like the photo, even over the top-1
     retrieved coordinate."""
-    encoder = create_encoder(f"geoclip:{tiny_clip_dir(tmp_path / 'clip', projection_dim=768, seed=5)}")
+    encoder = create_encoder(f"geoclip:{tiny_clip_dir(tmp_path / 'clip', projection_dim=768, seed=5, image_size=224, patch_size=14)}")
     images = tmp_path / "images"
     images.mkdir()
     rows = [(scene_jpeg(images / f"s{i}.jpg", seed=i).name, *CITIES[i]) for i in range(12)]
@@ -370,7 +370,7 @@ def test_resume_refuses_changed_prompts_or_settings_and_says_which(leak, tmp_pat
 def geoclip_only(tmp_path_factory) -> dict:
     """A store with no gallery at all, a tiny random CLIP under GeoCLIP's real head."""
     root = tmp_path_factory.mktemp("geoclip-only")
-    clip = tiny_clip_dir(root / "clip", projection_dim=768, seed=9)
+    clip = tiny_clip_dir(root / "clip", projection_dim=768, seed=9, image_size=224, patch_size=14)
     return {"store": root / "store", "encoder": f"geoclip:{clip}", "photo": scene_jpeg(root / "q.jpg", seed=3)}
 
 
