@@ -201,7 +201,7 @@ def index(
     encoder: Annotated[str, typer.Option("--encoder", help="efficientnet-lite0 | clip[:ID|DIR] | streetclip | geoclip[:ID|DIR]; with --vectors: the encoder that made them")] = "efficientnet-lite0",
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when present) | cpu | cuda[:N] | mps. Half precision on CUDA.")] = "auto",
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, max=4096, help="Photos per forward pass (default: 32 on CPU, 256 on CUDA, 64 on MPS).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=0, max=256, help="Decoding processes (default: cores - 1; 0: decode in the encoder's process).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, max=256, help="Decoding processes (default: cores - 1, or 0 on 2 cores or fewer; 0: decode in a thread of the encoder's process).")] = None,
     vectors: Annotated[Path | None, typer.Option("--vectors", help="Precomputed vectors instead of photos: Parquet with id,lat,lon,vector, or .npy with SOURCE a CSV of id,lat,lon.")] = None,
     ray: Annotated[str | None, typer.Option("--ray", help="Embed on a Ray cluster: local | auto | ray://HOST:PORT (needs pip install 'geoagent\\[ray]' and --chroma-url).")] = None,
     errors: Annotated[Path | None, typer.Option("--errors", help="Where to write skipped entries (CSV). Default: <collection>-index-errors.csv in the store folder (the user data dir with --chroma-url)")] = None,

@@ -191,12 +191,18 @@ def source_name(source: str | Path) -> str:
 
 
 def default_workers() -> int:
-    """Decoding processes: every core but one (the encoder's), at least one."""
+    """Decoding processes: every core but one (the encoder's); none on 2 cores or fewer.
+
+    On 2 cores a decoding process takes a core from the encoder's threads, which wait for
+    each other at every layer: measured on 300 sample photos, efficientnet-lite0, idle 2-core
+    machine, 1 worker process gave 0.62 x min(decode, encode) and decoding in a thread of
+    the encoder's process gave more (bench/RESULTS.md). With more cores the processes win.
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 2
-    return max(1, cores - 1)
+    return 0 if cores <= 2 else cores - 1
 
 
 class _SkipLog:
@@ -325,7 +331,7 @@ def index_source(
     """Embed every photo of ``source`` not yet in ``gallery``; see the module doc.
 
     ``batch_size``: photos per forward pass (default: the encoder's, per device).
-    ``workers``: decoding processes (default ``default_workers()``; 0 decodes in this
+    ``workers``: decoding processes (default ``default_workers()``; 0 decodes in a thread of this
     process, for debugging). ``write_batch``: vectors per Chroma add.
     ``prepared`` is ``read_source(source, images)`` when the caller has already read it
     (the CLI does, to refuse a bad SOURCE before it creates a gallery).
@@ -417,8 +423,22 @@ def _decoded(records: Iterable[Record], encoder: Encoder, workers: int) -> Itera
     """
     transform = encoder.transform
     if workers == 0:
-        for record in records:
-            yield decode(record, transform)
+        # One decoding thread, a few batches ahead: PIL releases the GIL while it decodes
+        # and resizes, so decoding overlaps the encoder's forward passes.
+        with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+            queue: deque[Future] = deque()
+            it = iter(records)
+            queue.extend(pool.submit(decode, r, transform) for r in islice(it, 64))
+            try:
+                while queue:
+                    result = queue.popleft().result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        queue.append(pool.submit(decode, nxt, transform))
+                    yield result
+            finally:
+                for future in queue:
+                    future.cancel()
         return
     chunk = 16
     ahead = workers * 4
