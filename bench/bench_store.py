@@ -47,11 +47,13 @@ chroma-hnswlib``: the same HNSW code as Chroma's) and into a Chroma gallery (``G
 in batches of --add-batch, store.HNSW settings: same M, ef_construction and threads);
 prints both rates, their ratio (target >= 0.8), each process's peak RSS, Chroma's size on
 disk, and projects an MP-16 gallery (4.72M vectors): build time fitted as a*n*ln(n) + b*n,
-peak memory as c + d*n, from the measured sizes.
+peak memory as c + d*n, from the measured sizes. Chroma gets the metadata ingest stores for a
+webdataset sample (lat, lon, image_id, source, sha256); --bare adds a third build with none,
+which splits Chroma's time between its index and its per-key metadata rows.
 
 Usage (from the project root, with the venv active):
   nice -n 10 python bench/bench_store.py --sizes 10000,100000,1000000 --queries 200
-  nice -n 10 python bench/bench_store.py --build-compare --dim 768 --sizes 20000,50000
+  nice -n 10 python bench/bench_store.py --build-compare --dim 768 --sizes 20000,50000 --bare
   nice -n 10 python bench/bench_store.py --build-compare --dim 768 --sizes 100000,250000,500000,1000000
   nice -n 10 python bench/bench_store.py --keep /tmp/bench-store   # build once, re-measure later
   python bench/bench_store.py --keep /tmp/bench-store --ef-search 64,128,256  # sweep ef_search
@@ -60,6 +62,7 @@ Usage (from the project root, with the venv active):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -284,7 +287,7 @@ def _build_child(kind: str, size: int, dim: int, seed: int, root: str, add_batch
         disk = 0
     else:
         gallery = Gallery.open(
-            open_client(Path(root) / f"chroma-{size}"), "bench", encoder_name=f"bench-{dim}", dim=dim, create=True
+            open_client(Path(root) / f"{kind}-{size}"), "bench", encoder_name=f"bench-{dim}", dim=dim, create=True
         )
         step = min(add_batch, gallery.max_batch_size())
         rng = np.random.default_rng([seed, 3])
@@ -292,17 +295,23 @@ def _build_child(kind: str, size: int, dim: int, seed: int, root: str, add_batch
             for s0 in range(0, len(chunk), step):
                 part = chunk[s0 : s0 + step]
                 ids = [image_id(start + s0 + i) for i in range(len(part))]
+                # The metadata ingest stores for a webdataset sample (rag_store.ingest._embed);
+                # "bare" stores none, to show what Chroma's per-key metadata rows cost.
                 metas = [
-                    {"lat": float(a), "lon": float(o), "image_id": i, "source": "bench"}
+                    {"lat": float(a), "lon": float(o), "image_id": i, "source": "bench",
+                     "sha256": hashlib.sha256(i.encode()).hexdigest()}
                     for a, o, i in zip(rng.uniform(-90, 90, len(part)), rng.uniform(-180, 180, len(part)), ids, strict=True)
                 ]
                 t = time.perf_counter()
-                gallery.add(ids, part, metas)
+                if kind == "chroma-bare":
+                    gallery.collection.add(ids=ids, embeddings=part)
+                else:
+                    gallery.add(ids, part, metas)
                 build += time.perf_counter() - t
         t = time.perf_counter()
         gallery.count()  # whatever Chroma defers is part of the build
         build += time.perf_counter() - t
-        disk = sum(f.stat().st_size for f in (Path(root) / f"chroma-{size}").rglob("*") if f.is_file())
+        disk = sum(f.stat().st_size for f in (Path(root) / f"{kind}-{size}").rglob("*") if f.is_file())
     out.put({"kind": kind, "size": size, "build": build, "peak_mib": peak_mib(), "disk_mib": disk / 2**20})
 
 
@@ -339,7 +348,7 @@ def _fit_projection(rows: list[dict], target: int) -> tuple[float, float]:
     return time_s, float(intercept + slope * target)
 
 
-def build_compare(sizes: list[int], dim: int, seed: int, root: Path, add_batch: int) -> int:
+def build_compare(sizes: list[int], dim: int, seed: int, root: Path, add_batch: int, bare: bool = False) -> int:
     """Chroma's build rate beside raw hnswlib's, same vectors / M / ef_construction / threads."""
     try:
         import hnswlib  # noqa: F401
@@ -357,7 +366,8 @@ def build_compare(sizes: list[int], dim: int, seed: int, root: Path, add_batch: 
     chroma_rows = []
     for size in sizes:
         # Alternate which goes first, so that a change of machine load hits both alike.
-        order = ("hnswlib", "chroma") if len(chroma_rows) % 2 == 0 else ("chroma", "hnswlib")
+        kinds = ("hnswlib", "chroma", "chroma-bare") if bare else ("hnswlib", "chroma")
+        order = kinds if len(chroma_rows) % 2 == 0 else tuple(reversed(kinds))
         got = {kind: _build_once(kind, size, dim, seed, root, add_batch) for kind in order}
         h, c = got["hnswlib"], got["chroma"]
         chroma_rows.append(c)
@@ -368,6 +378,14 @@ def build_compare(sizes: list[int], dim: int, seed: int, root: Path, add_batch: 
             f"{'met' if ratio >= 0.8 else 'MISSED'}; load {os.getloadavg()[0]:.1f})",
             flush=True,
         )
+        if bare:
+            b = got["chroma-bare"]
+            print(
+                f"{'':>9} Chroma without metadata: {size / b['build']:.0f} vec/s, ratio "
+                f"{h['build'] / b['build']:.2f} (geoagent's 5 metadata keys cost "
+                f"{(c['build'] - b['build']) / size * 1e6:.0f} us a vector)",
+                flush=True,
+            )
     time_s, mem = _fit_projection(chroma_rows, MP16)
     print(
         f"projection, MP-16 ({MP16:,} x {dim}-d) into Chroma on this machine, from "
@@ -404,6 +422,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--dim", type=int, default=DIM, help="vector size for --build-compare (MP-16 CLIP: 768)")
     ap.add_argument("--add-batch", type=int, default=5461, help="vectors per Chroma add in --build-compare")
+    ap.add_argument(
+        "--bare",
+        action="store_true",
+        help="with --build-compare: also build Chroma with no metadata, to split its build time "
+        "between the HNSW index and the metadata rows",
+    )
     args = ap.parse_args(argv)
     for item in filter(None, args.hnsw.split(",")):
         key, _, value = item.partition("=")
@@ -413,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         root = args.keep or Path(tempfile.mkdtemp(prefix="bench-build-"))
         root.mkdir(parents=True, exist_ok=True)
         try:
-            return build_compare(sizes, args.dim, args.seed, root, args.add_batch)
+            return build_compare(sizes, args.dim, args.seed, root, args.add_batch, args.bare)
         finally:
             if args.keep is None:
                 shutil.rmtree(root, ignore_errors=True)

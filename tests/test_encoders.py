@@ -97,6 +97,28 @@ def test_transform_resizes_any_shape_to_the_crop(effnet):
         assert effnet.transform(Image.new("RGB", size, (9, 9, 9))).shape == (3, 224, 224)
 
 
+@pytest.mark.parametrize("size", [(512, 384), (384, 512), (640, 427), (257, 256), (1000, 300)])
+def test_crop_is_the_resized_photo_centre(size):
+    """The crop resizes only the kept region; it must match resizing the whole photo
+    (shorter side to 256, bicubic) and cutting out its centre 224 x 224, as CLIP does."""
+    from rag_store.preprocess import Transform
+
+    rng = np.random.default_rng(size[0] * size[1])
+    # Smooth content with texture, so that a shifted or mis-scaled crop shows.
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
+    base = np.stack([xx * 255 // size[0], yy * 255 // size[1], (xx + yy) % 256], -1)
+    photo = Image.fromarray((base + rng.integers(0, 20, base.shape)).clip(0, 255).astype(np.uint8))
+    w, h = size
+    nw, nh = round(w * 256 / min(w, h)), round(h * 256 / min(w, h))
+    whole = photo.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - 224) // 2, (nh - 224) // 2
+    expected = np.asarray(whole.crop((left, top, left + 224, top + 224)), dtype=int)
+    got = Transform(224, 256, (0.5,) * 3, (0.5,) * 3).crop(photo).astype(int)
+    assert got.shape == (224, 224, 3)
+    assert np.abs(got - expected).max() <= 1
+    assert np.mean(got != expected) < 0.01
+
+
 def test_embed_of_nothing_is_empty(effnet):
     empty = effnet.embed([])
     assert empty.shape == (0, 1280) and empty.dtype == np.float32
