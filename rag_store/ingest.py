@@ -402,12 +402,13 @@ def _embed(batch: list[tuple[Record, np.ndarray]], encoder: Encoder, writer: _Wr
 
 
 def _yield_to_the_encoder() -> None:
-    """Decoding workers run at a lower priority than the encoder's process.
+    """Decoding runs at a lower priority than the encoder.
 
     The encoder is the slow stage, and on the CPU its intra-op threads wait for each
-    other at every layer: a decoding process that takes a core from one of them stalls
-    them all. Niced, the workers still use every idle cycle, and decoding (10-20 ms of
-    CPU a photo) stays far ahead of encoding.
+    other at every layer: a decoder that takes a core from one of them stalls them all.
+    Niced, decoding still uses every idle cycle, and (4-20 ms of CPU a photo) stays far
+    ahead of encoding. Called in worker processes and in the decoding thread: on Linux
+    nice(2) sets the priority of the calling thread only, so the encoder's threads keep theirs.
     """
     with contextlib.suppress(OSError):  # not permitted here: run at the same priority
         os.nice(5)
@@ -425,7 +426,7 @@ def _decoded(records: Iterable[Record], encoder: Encoder, workers: int) -> Itera
     if workers == 0:
         # One decoding thread, a few batches ahead: PIL releases the GIL while it decodes
         # and resizes, so decoding overlaps the encoder's forward passes.
-        with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+        with ThreadPoolExecutor(1, thread_name_prefix="decode", initializer=_yield_to_the_encoder) as pool:
             queue: deque[Future] = deque()
             it = iter(records)
             queue.extend(pool.submit(decode, r, transform) for r in islice(it, 64))
