@@ -47,9 +47,10 @@ chroma-hnswlib``: the same HNSW code as Chroma's) and into a Chroma gallery (``G
 in batches of --add-batch, store.HNSW settings: same M, ef_construction and threads);
 prints both rates, their ratio (target >= 0.8), each process's peak RSS, Chroma's size on
 disk, and projects an MP-16 gallery (4.72M vectors): build time continuing the growth
-measured between the two largest sizes (t ~ n**p), peak memory fitted as c + d*n. Chroma gets the metadata ingest stores for a
-webdataset sample (lat, lon, image_id, source, sha256); --bare adds a third build with none,
-which splits Chroma's time between its index and its per-key metadata rows.
+measured between the two largest sizes (t ~ n**p), peak memory fitted as c + d*n. Chroma
+gets the metadata ingest stores for a webdataset sample (lat, lon, image_id, source,
+sha256); --bare adds a third build with none, which splits Chroma's time between its index
+and its per-key metadata rows.
 
 Usage (from the project root, with the venv active):
   nice -n 10 python bench/bench_store.py --sizes 10000,100000,1000000 --queries 200

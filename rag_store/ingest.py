@@ -18,6 +18,7 @@ import contextlib
 import csv
 import multiprocessing
 import os
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -406,9 +407,10 @@ def _yield_to_the_encoder() -> None:
 
     The encoder is the slow stage, and on the CPU its intra-op threads wait for each
     other at every layer: a decoder that takes a core from one of them stalls them all.
-    Niced, decoding still uses every idle cycle, and (4-20 ms of CPU a photo) stays far
-    ahead of encoding. Called in worker processes and in the decoding thread: on Linux
-    nice(2) sets the priority of the calling thread only, so the encoder's threads keep theirs.
+    Niced, decoding still gets every idle cycle, and at 4-20 ms of CPU a photo it stays
+    far ahead of encoding. Called in worker processes, and on Linux in the decoding thread
+    too: there nice(2) sets the calling thread's priority only, while elsewhere it would
+    lower the whole process, the encoder included.
     """
     with contextlib.suppress(OSError):  # not permitted here: run at the same priority
         os.nice(5)
@@ -426,7 +428,8 @@ def _decoded(records: Iterable[Record], encoder: Encoder, workers: int) -> Itera
     if workers == 0:
         # One decoding thread, a few batches ahead: PIL releases the GIL while it decodes
         # and resizes, so decoding overlaps the encoder's forward passes.
-        with ThreadPoolExecutor(1, thread_name_prefix="decode", initializer=_yield_to_the_encoder) as pool:
+        nice_thread = _yield_to_the_encoder if sys.platform.startswith("linux") else None
+        with ThreadPoolExecutor(1, thread_name_prefix="decode", initializer=nice_thread) as pool:
             queue: deque[Future] = deque()
             it = iter(records)
             queue.extend(pool.submit(decode, r, transform) for r in islice(it, 64))
